@@ -1,0 +1,1 @@
+"""Algorithms of the workflow's steps, over the io and geometry layers."""

@@ -1,0 +1,238 @@
+"""Import: a DIALS experiment + images -> geometry.nxs and data.nxs (mdx2 1.0.5 layouts)."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from diffuseflow.errors import InputError
+from diffuseflow.geometry.model import SweepGeometry, air_attenuation_per_mm, unit_cell_of
+from diffuseflow.geometry.symmetry import space_group_from_hall, symmetry_fields
+from diffuseflow.io import nexus
+from diffuseflow.io.expt import Experiment, experiment_from_text, experiment_to_dict
+from diffuseflow.io.images import FrameReader, Region
+
+#: keep one slab of frames (the unit of work) under this many bytes by default
+SLAB_BYTES = 256 * 2**20
+#: mdx2's default (y, x) chunk: one Pilatus module plus its gaps
+DEFAULT_TILE = (212, 494)
+
+CONVENTION_CENTRE = "pixel_centre"
+CONVENTION_CORNER = "pixel_corner_mdx2"
+
+
+def mdx2_frames_per_chunk(phi_width: float, n_frames: int) -> int:
+    """mdx2's default number of frames per chunk: 5-6 degrees of rotation (§2.5)."""
+    if phi_width == 0:
+        return min(50, n_frames)
+    d = round(180 / phi_width)
+    if d < 1260:
+        for m in (5, 6):
+            if (m * d) % 180 == 0:
+                return min(m * d // 180, n_frames)
+        return min(10, n_frames)
+    for total, n in ((18000, 50), (14400, 40), (16200, 45), (36000, 50), (32400, 45)):
+        if total % d == 0:
+            return min(n, n_frames)
+    return min(40, n_frames)
+
+
+def default_chunks(expt: Experiment) -> tuple[int, int, int]:
+    ny, nx = expt.panel.shape
+    frames = mdx2_frames_per_chunk(expt.scan.phi_width, expt.scan.num_images)
+    frames = max(1, min(frames, SLAB_BYTES // (ny * nx * 4)))
+    return (frames, min(DEFAULT_TILE[0], ny), min(DEFAULT_TILE[1], nx))
+
+
+def resolve_chunks(expt: Experiment, requested) -> tuple[int, int, int]:
+    """--chunks F Y X; a value <= 0 keeps the default for that axis (as in mdx2)."""
+    default = default_chunks(expt)
+    if not requested:
+        return default
+    if len(requested) != 3:
+        raise InputError("--chunks needs three numbers: frames, rows, columns")
+    n = (expt.scan.num_images,) + expt.panel.shape
+    return tuple(
+        int(min(r, m)) if r > 0 else d for r, d, m in zip(requested, default, n, strict=True)
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# geometry.nxs
+
+
+def write_geometry(
+    expt: Experiment,
+    outfile,
+    sample_spacing=(1, 10, 10),
+    mdx2_compat: bool = False,
+    parameters: dict | None = None,
+    log=print,
+):
+    if expt.crystal is None:
+        raise InputError(f"{expt.path}: experiment has no crystal model (index the sweep first)")
+    if any(s <= 0 for s in sample_spacing):
+        raise InputError(f"--sample_spacing must be positive, is {list(sample_spacing)}")
+    sg = space_group_from_hall(expt.crystal.hall_symbol, str(expt.path))
+    geom = SweepGeometry(expt, mdx2_compat=mdx2_compat)
+    phi_g, iy_g, ix_g, hkl = geom.miller_grid(sample_spacing)
+    log(f"Miller index grid (phi, iy, ix, hkl): {hkl.shape}")
+    corr = geom.corrections(iy_g, ix_g, air_attenuation_per_mm(geom.wavelength))
+    log(f"Corrections (iy, ix, n): {(len(iy_g), len(ix_g), len(corr))}")
+    cell = unit_cell_of(expt.crystal.A)
+    log(f"Space group: {sg.hm}")
+    log(f"Unit cell: {cell.a:.3f} {cell.b:.3f} {cell.c:.3f} {cell.alpha:.2f} {cell.beta:.2f} {cell.gamma:.2f}")
+    params = dict(parameters or {}, sample_spacing=list(sample_spacing), mdx2_compat=mdx2_compat)
+    with nexus.atomic_output(outfile) as tmp:
+        with nexus.new_file(tmp, "import_geometry", params, [expt.path]) as f:
+            entry = f["entry"]
+            c = nexus.mdx2_group(entry, "crystal", "mdx2.geometry", "Crystal", "NXsample")
+            c.create_dataset("space_group", data=sg.hm)
+            c.create_dataset(
+                "unit_cell", data=[cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma]
+            )
+            from diffuseflow.geometry.model import decompose_UB
+
+            U, _ = decompose_UB(expt.crystal.A)
+            c.create_dataset("orientation_matrix", data=U)
+            c.create_dataset("ub_matrix", data=expt.crystal.A)
+            s = nexus.mdx2_group(entry, "symmetry", "mdx2.geometry", "Symmetry")
+            for k, v in symmetry_fields(sg).items():
+                s.create_dataset(k, data=v)
+            cg = nexus.mdx2_group(entry, "corrections", "mdx2.geometry", "Corrections")
+            for name, arr in corr.items():
+                nexus.nxdata(cg, name, arr, {"iy": iy_g, "ix": ix_g})
+            mi = nexus.mdx2_group(entry, "miller_index", "mdx2.geometry", "MillerIndex")
+            mi.attrs["convention"] = CONVENTION_CORNER if mdx2_compat else CONVENTION_CENTRE
+            for i, name in enumerate("hkl"):
+                g = nexus.nxdata(mi, name, hkl[..., i], {"phi": phi_g, "iy": iy_g, "ix": ix_g})
+                g["phi"].attrs["units"] = "degree"
+            # diffuseflow's own record: the resolved experiment, for exact per-pixel geometry
+            entry.create_dataset(
+                "diffuseflow_experiment", data=json.dumps(experiment_to_dict(expt))
+            )
+
+
+class GeometryFile:
+    """What later steps need from geometry.nxs: exact geometry and/or mdx2's lookup grid."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with nexus.open_input(path, "geometry.nxs", ["miller_index", "symmetry"]) as f:
+            mi = f["entry/miller_index"]
+            self.convention = mi.attrs.get("convention", CONVENTION_CORNER)
+            self.grid_axes = tuple(mi["h"][a][()] for a in ("phi", "iy", "ix"))
+            self._mi = None
+            sym = f["entry/symmetry"]
+            self.space_group_symbol = _as_str(sym["space_group_symbol"][()])
+            self.reflection_conditions = _as_str(sym["reflection_conditions"][()])
+            text = f.get("entry/diffuseflow_experiment")
+            self.experiment = (
+                experiment_from_text(_as_str(text[()]), self.path) if text is not None else None
+            )
+
+    def grid_hkl(self) -> np.ndarray:
+        if self._mi is None:
+            with h5py.File(self.path, "r") as f:
+                mi = f["entry/miller_index"]
+                self._mi = np.stack([mi[c]["signal"][()] for c in "hkl"], axis=-1)
+        return self._mi
+
+    def space_group(self):
+        import gemmi
+
+        if self.experiment is not None and self.experiment.crystal is not None:
+            return space_group_from_hall(self.experiment.crystal.hall_symbol, str(self.path))
+        sg = gemmi.find_spacegroup_by_name(self.space_group_symbol)
+        if sg is None:
+            raise InputError(f"{self.path}: unknown space group {self.space_group_symbol!r}")
+        return sg
+
+    def sweep_geometry(self, mdx2_compat: bool) -> SweepGeometry:
+        if self.experiment is None:
+            raise InputError(
+                f"{self.path}: has no diffuseflow experiment record (written by mdx2?); exact "
+                "geometry needs diffuseflow's import_geometry, or use --mdx2_compat"
+            )
+        return SweepGeometry(self.experiment, mdx2_compat=mdx2_compat)
+
+    def check_convention(self, mdx2_compat: bool):
+        want = CONVENTION_CORNER if mdx2_compat else CONVENTION_CENTRE
+        if mdx2_compat and self.convention != want:
+            raise InputError(
+                f"{self.path}: lookup grid uses the {self.convention} convention; re-run "
+                "import_geometry with --mdx2_compat to compare with mdx2"
+            )
+
+
+def _as_str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# ------------------------------------------------------------------------------------------
+# data.nxs
+
+
+def write_data(
+    expt: Experiment,
+    outfile,
+    chunks=None,
+    untrusted: list[Region] | None = None,
+    nproc: int = 1,
+    parameters: dict | None = None,
+    log=print,
+):
+    """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid)."""
+    reader = FrameReader(expt, untrusted)
+    n = expt.scan.num_images
+    ny, nx = expt.panel.shape
+    chunks = resolve_chunks(expt, chunks)
+    slabs = nexus.slab_bounds(n, chunks[0])
+    log(f"Image data shape (phi, iy, ix): {(n, ny, nx)}")
+    log(f"Chunks (phi, iy, ix): {chunks}; writing {len(slabs)} image batches")
+    params = dict(
+        parameters or {},
+        chunks=list(chunks),
+        untrusted=[f"{r.kind}={','.join(f'{v:g}' for v in r.values)}" for r in untrusted or []],
+    )
+    inputs = [expt.path]
+    with nexus.atomic_output(outfile) as tmp, ThreadPoolExecutor(max(1, nproc)) as pool:
+        with nexus.new_file(tmp, "import_data", params, inputs) as f:
+            g = nexus.image_series_group(
+                f["entry"],
+                expt.scan.frame_centres(),
+                np.arange(ny),
+                np.arange(nx),
+                expt.scan.exposure_times,
+            )
+            dset = nexus.create_stack(g, "data", (n, ny, nx), np.int32, chunks, fill=-1)
+            writer = nexus.StackWriter(dset, threads=nproc)
+            try:
+                for start, stop in slabs:
+                    slab = np.empty((stop - start, ny, nx), np.int32)
+
+                    def load(i, slab=slab, start=start):
+                        slab[i - start] = reader.read(i)
+
+                    list(pool.map(load, range(start, stop)))
+                    writer.write(start, slab)
+                    log(f"frames {start} to {stop - 1}: {np.count_nonzero(slab < 0)} invalid px")
+            finally:
+                writer.close()
+    return chunks
+
+
+def geometry_summary(expt: Experiment) -> str:
+    g = SweepGeometry(expt)
+    d_min, d_max = g.d_spacing_range()
+    return (
+        f"{expt.scan.num_images} frames of {expt.scan.phi_width:g} deg from "
+        f"{expt.scan.phi_start:g} deg; detector {expt.panel.image_size[0]}x"
+        f"{expt.panel.image_size[1]}; resolution {d_max:.1f}-{d_min:.2f} A"
+    )
+
+

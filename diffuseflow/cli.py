@@ -1,0 +1,67 @@
+"""Shared command-line plumbing: one-line errors, mdx2-style flags, provenance of arguments.
+
+Scripts in ``scripts/`` build an :class:`argparse.ArgumentParser` with :func:`parser` and run
+their ``main`` through :func:`run`, which turns :class:`~diffuseflow.errors.InputError` (and
+argparse's own complaints) into a single ``<prog>: error: <message>`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from diffuseflow.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise InputError(f"{message} (see --help)")
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=description)
+    p.add_argument(
+        "--mdx2_compat",
+        action="store_true",
+        help="reproduce mdx2 1.0.5's conventions (pixel-corner hkl from the coarse lookup "
+        "grid, centring-only absences) instead of the physical defaults",
+    )
+    return p
+
+
+def add_nproc(p: argparse.ArgumentParser):
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="threads for decoding, compressing and per-pixel work (results do not depend on it)",
+    )
+
+
+def set_threads(n: int):
+    if n < 1:
+        raise InputError(f"--nproc must be >= 1, is {n}")
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def run(main, argv=None) -> int:
+    prog = os.path.basename(sys.argv[0])
+    t0 = time.perf_counter()
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{prog}: completed in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return 0
+
+
+def log(*args):
+    print(*args, flush=True)

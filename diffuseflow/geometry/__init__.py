@@ -1,0 +1,1 @@
+"""Diffraction geometry (pixel -> Miller index), symmetry and compiled per-pixel kernels."""

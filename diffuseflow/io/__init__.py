@@ -1,0 +1,1 @@
+"""File formats: DIALS experiment lists, detector images, mdx2-layout NeXus files."""

@@ -1,0 +1,352 @@
+"""NeXus files in mdx2 1.0.5's layouts (``mdx2-compat.md`` §2.2, §4), written with h5py.
+
+Every file gets the root attribute ``mdx2_version`` (so mdx2's loader does not warn) and the
+provenance of diffuseflow: version, program, parameters and input files.
+
+Large arrays (image stacks, masks) are chunked and compressed with gzip + shuffle, which every
+HDF5 reader understands. Compression and decompression of whole slabs run in a thread pool
+through HDF5's direct chunk I/O (zlib releases the GIL), so import and reading scale with the
+cores instead of being bound by HDF5's single-threaded filter pipeline.
+
+Outputs are written to a temporary name and renamed into place only on success, so a failed
+run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from diffuseflow import MDX2_VERSION, __version__
+from diffuseflow.errors import InputError
+
+GZIP_LEVEL = 1
+
+
+# ------------------------------------------------------------------------------------------
+# files
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def describe_inputs(paths) -> list[dict]:
+    """Input files for provenance: absolute path and size (contents of big files are not hashed)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        out.append({"path": str(p.resolve()), "bytes": p.stat().st_size if p.exists() else None})
+    return out
+
+
+def new_file(path, program: str, parameters: dict, inputs=()) -> h5py.File:
+    """Create a NeXus file with /entry and the provenance attributes."""
+    f = h5py.File(path, "w", track_order=True)
+    f.attrs["mdx2_version"] = MDX2_VERSION
+    f.attrs["diffuseflow_version"] = __version__
+    f.attrs["diffuseflow_program"] = program
+    f.attrs["diffuseflow_parameters"] = json.dumps(parameters, sort_keys=True, default=str)
+    f.attrs["diffuseflow_inputs"] = json.dumps(describe_inputs(inputs))
+    entry = f.create_group("entry")
+    entry.attrs["NX_class"] = "NXentry"
+    return f
+
+
+def provenance(path) -> dict:
+    """Provenance attributes of a diffuseflow file (version, program, parameters, inputs)."""
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        return {
+            "version": a.get("diffuseflow_version"),
+            "program": a.get("diffuseflow_program"),
+            "parameters": json.loads(a.get("diffuseflow_parameters", "{}")),
+            "inputs": json.loads(a.get("diffuseflow_inputs", "[]")),
+        }
+
+
+def open_input(path, what: str, groups=()) -> h5py.File:
+    """Open an input .nxs file, checking that it holds the mdx2 groups we need."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file (expected {what})")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise InputError(f"{path}: not an HDF5/NeXus file (expected {what})") from None
+    for g in groups:
+        if f"entry/{g}" not in f:
+            f.close()
+            raise InputError(f"{path}: no /entry/{g} group; is this {what}?")
+    return f
+
+
+def mdx2_group(parent: h5py.Group, name: str, module: str, cls: str, nx_class=None):
+    g = parent.create_group(name)
+    if nx_class:
+        g.attrs["NX_class"] = nx_class
+    g.attrs["mdx2_module"] = module
+    g.attrs["mdx2_class"] = cls
+    return g
+
+
+def _str_array(names):
+    return np.array(names, dtype=h5py.string_dtype())
+
+
+def nxdata(parent, name, signal, axes: dict, module="mdx2.geometry", cls=None, **extra):
+    """An NXdata group with @signal/@axes (plottable in NeXpy); mdx2 GridData layout."""
+    g = mdx2_group(parent, name, module, cls, nx_class="NXdata") if cls else parent.create_group(name)
+    if not cls:
+        g.attrs["NX_class"] = "NXdata"
+    g.attrs["signal"] = "signal"
+    g.attrs["axes"] = _str_array(list(axes))
+    kw = {}
+    if np.ndim(signal) >= 2 and np.size(signal) > 4096:
+        kw = dict(compression="gzip", compression_opts=4, shuffle=True, chunks=True)
+    g.create_dataset("signal", data=signal, **kw)
+    for ax, vals in axes.items():
+        g.create_dataset(ax, data=np.asarray(vals, float))
+    for k, v in extra.items():
+        g.create_dataset(k, data=v, **(kw if np.ndim(v) >= 2 else {}))
+    return g
+
+
+# ------------------------------------------------------------------------------------------
+# chunked stacks with threaded compression
+
+
+def _shuffle(block: np.ndarray) -> bytes:
+    """HDF5's shuffle filter: byte k of every element, for k = 0 .. itemsize-1."""
+    if block.itemsize == 1:
+        return block.tobytes()
+    return block.view(np.uint8).reshape(-1, block.itemsize).T.tobytes()
+
+
+def _unshuffle(buf: bytes, dtype, shape) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    raw = np.frombuffer(buf, np.uint8)
+    if dtype.itemsize == 1:
+        return raw.view(dtype).reshape(shape)
+    return raw.reshape(dtype.itemsize, -1).T.copy().view(dtype).reshape(shape)
+
+
+class StackWriter:
+    """Writes a (frames, ny, nx) dataset slab by slab, compressing chunks in parallel threads.
+
+    Slabs must start on a chunk boundary along the frame axis (every slab but the last must be
+    a whole number of frame-chunks), which is how the import and mask steps produce them.
+    """
+
+    def __init__(self, dset: h5py.Dataset, threads: int = 1):
+        self.dset = dset
+        self.chunks = dset.chunks
+        self.shuffle = bool(dset.shuffle)
+        self.level = dset.compression_opts if dset.compression == "gzip" else None
+        self.pool = ThreadPoolExecutor(max(1, threads)) if threads > 1 else None
+
+    def _encode(self, block: np.ndarray) -> bytes:
+        buf = _shuffle(block) if self.shuffle else block.tobytes()
+        return zlib.compress(buf, self.level) if self.level is not None else buf
+
+    def write(self, start: int, slab: np.ndarray):
+        cf, cy, cx = self.chunks
+        nf, ny, nx = slab.shape
+        if start % cf:
+            raise ValueError("slab must start on a frame-chunk boundary")
+        tasks = []
+        for f0 in range(0, nf, cf):
+            for y0 in range(0, ny, cy):
+                for x0 in range(0, nx, cx):
+                    tasks.append((f0, y0, x0))
+
+        def encode(t):
+            f0, y0, x0 = t
+            block = slab[f0 : f0 + cf, y0 : y0 + cy, x0 : x0 + cx]
+            if block.shape != (cf, cy, cx):  # HDF5 stores edge chunks padded to full size
+                full = np.zeros((cf, cy, cx), slab.dtype)
+                full[: block.shape[0], : block.shape[1], : block.shape[2]] = block
+                block = full
+            return self._encode(np.ascontiguousarray(block))
+
+        encoded = self.pool.map(encode, tasks) if self.pool else map(encode, tasks)
+        for (f0, y0, x0), data in zip(tasks, encoded, strict=True):
+            self.dset.id.write_direct_chunk((start + f0, y0, x0), data)
+
+    def close(self):
+        if self.pool:
+            self.pool.shutdown()
+
+
+def create_stack(group, name, shape, dtype, chunks, level=GZIP_LEVEL, shuffle=True, fill=None):
+    chunks = tuple(int(min(c, s)) for c, s in zip(chunks, shape, strict=True))
+    return group.create_dataset(
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        compression="gzip",
+        compression_opts=level,
+        shuffle=shuffle,
+        fillvalue=fill,
+    )
+
+
+def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecutor | None = None):
+    """Frames [start, stop) of a stack. gzip(+shuffle) chunks are decoded in parallel threads."""
+    direct = (
+        dset.chunks is not None
+        and not dset.is_virtual
+        and dset.compression in ("gzip", None)
+        and not dset.fletcher32
+        and dset.scaleoffset is None
+        and start % dset.chunks[0] == 0
+        and (stop % dset.chunks[0] == 0 or stop == dset.shape[0])
+    )
+    if not direct:
+        return dset[start:stop]
+    cf, cy, cx = dset.chunks
+    _, ny, nx = dset.shape
+    out = np.empty((stop - start, ny, nx), dset.dtype)
+    gzip_on = dset.compression == "gzip"
+    shuffle = bool(dset.shuffle)
+    fill = dset.fillvalue
+    tasks = [
+        (f0, y0, x0)
+        for f0 in range(start, stop, cf)
+        for y0 in range(0, ny, cy)
+        for x0 in range(0, nx, cx)
+    ]
+
+    def decode(t):
+        f0, y0, x0 = t
+        try:
+            mask, buf = dset.id.read_direct_chunk((f0, y0, x0))
+        except (OSError, KeyError):  # chunk never written: fill value
+            block = np.full((cf, cy, cx), fill, dset.dtype)
+        else:
+            # filter_mask bit i set = filter i was skipped (HDF5 skips optional filters that
+            # fail to shrink a chunk); pipeline order is shuffle (if any), then deflate.
+            deflate_bit = 1 << (1 if shuffle else 0)
+            if gzip_on and not mask & deflate_bit:
+                buf = zlib.decompress(buf)
+            if shuffle and not mask & 1:
+                block = _unshuffle(buf, dset.dtype, (cf, cy, cx))
+            else:
+                block = np.frombuffer(buf, dset.dtype).reshape(cf, cy, cx)
+        nf_, ny_, nx_ = min(cf, stop - f0), min(cy, ny - y0), min(cx, nx - x0)
+        out[f0 - start : f0 - start + nf_, y0 : y0 + ny_, x0 : x0 + nx_] = block[:nf_, :ny_, :nx_]
+
+    if pool is None:
+        for t in tasks:
+            decode(t)
+    else:
+        list(pool.map(decode, tasks))
+    return out
+
+
+def slab_bounds(n_frames: int, frames_per_slab: int):
+    """[(start, stop), ...] covering n_frames in runs of frames_per_slab."""
+    return [(s, min(s + frames_per_slab, n_frames)) for s in range(0, n_frames, frames_per_slab)]
+
+
+# ------------------------------------------------------------------------------------------
+# mdx2 objects
+
+
+class ImageSeries:
+    """Read access to /entry/image_series of a data.nxs file (ours or mdx2's)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.file = open_input(path, "an image series (data.nxs)", ["image_series"])
+        g = self.file["entry/image_series"]
+        signal = g.attrs.get("signal", "data")
+        if isinstance(signal, bytes):
+            signal = signal.decode()
+        for key in ("phi", "iy", "ix", "exposure_times", signal):
+            if key not in g:
+                raise InputError(f"{path}: /entry/image_series has no '{key}'")
+        self.data = g[signal]
+        self.phi = g["phi"][()]
+        self.iy = g["iy"][()]
+        self.ix = g["ix"][()]
+        self.exposure_times = g["exposure_times"][()]
+        self.shape = self.data.shape
+        if self.data.ndim != 3 or self.shape != (len(self.phi), len(self.iy), len(self.ix)):
+            raise InputError(f"{path}: image_series data shape does not match its axes")
+        self.chunks = self.data.chunks or (1, self.shape[1], self.shape[2])
+        if self.data.is_virtual and self.data.chunks is None:
+            self.chunks = (1, self.shape[1], self.shape[2])
+
+    @property
+    def frames_per_slab(self) -> int:
+        return int(self.chunks[0])
+
+    def slabs(self, frames_per_slab: int | None = None):
+        return slab_bounds(self.shape[0], frames_per_slab or self.frames_per_slab)
+
+    def read(self, start: int, stop: int, pool=None) -> np.ndarray:
+        return read_slab(self.data, start, stop, pool)
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_image_series_axes(g, phi, iy, ix, exposure_times):
+    g.create_dataset("phi", data=np.asarray(phi, float)).attrs["units"] = "degree"
+    g.create_dataset("iy", data=np.asarray(iy, float))
+    g.create_dataset("ix", data=np.asarray(ix, float))
+    g.create_dataset("exposure_times", data=np.asarray(exposure_times, float))
+
+
+def image_series_group(entry, phi, iy, ix, exposure_times):
+    g = mdx2_group(entry, "image_series", "mdx2.data", "ImageSeries", nx_class="NXdata")
+    g.attrs["signal"] = "data"
+    g.attrs["axes"] = _str_array(["phi", "iy", "ix"])
+    write_image_series_axes(g, phi, iy, ix, exposure_times)
+    return g
+
+
+def write_peaks(entry, name, phi, iy, ix):
+    g = mdx2_group(entry, name, "mdx2.data", "Peaks", nx_class="NXreflections")
+    g.create_dataset("observed_phi", data=np.asarray(phi, float))
+    g.create_dataset("observed_px_y", data=np.asarray(iy, float))
+    g.create_dataset("observed_px_x", data=np.asarray(ix, float))
+    return g
+
+
+def read_peaks(f: h5py.File, name: str):
+    g = f[f"entry/{name}"]
+    return g["observed_phi"][()], g["observed_px_y"][()], g["observed_px_x"][()]
+
+
+def write_peak_model(entry, r0, sigma):
+    g = mdx2_group(entry, "peak_model", "mdx2.geometry", "GaussianPeak")
+    g.create_dataset("r0", data=np.asarray(r0, float))
+    g.create_dataset("sigma", data=np.asarray(sigma, float))
+    return g

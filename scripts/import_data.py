@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Import the images of a DIALS experiment into data.nxs: an int32 image stack (-1 = invalid)
+in mdx2 1.0.5's ImageSeries layout, chunked and compressed, streamed slab by slab.
+
+Invalid pixels are those outside the panel's trusted range, in its mask rectangles (module
+gaps), in a DIALS mask or Eiger pixel mask, and in --untrusted regions.
+"""
+
+from diffuseflow import cli
+from diffuseflow.algorithms.importing import geometry_summary, write_data
+from diffuseflow.io.expt import read_expt
+from diffuseflow.io.images import parse_untrusted
+
+
+def main(argv):
+    p = cli.parser("import_data.py", __doc__)
+    p.add_argument("expt", metavar="EXPT", help="DIALS experiments file")
+    p.add_argument("--chunks", type=int, nargs=3, metavar=("F", "Y", "X"),
+                   help="HDF5 chunk shape; a value <= 0 keeps the default for that axis")
+    p.add_argument("--untrusted", nargs="*", default=[], metavar="REGION",
+                   help="untrusted regions, DIALS syntax: circle=x,y,r rectangle=x0,x1,y0,y1 "
+                   "(x fast, y slow, pixels)")
+    p.add_argument("--outfile", default="data.nxs")
+    cli.add_nproc(p)
+    a = p.parse_args(argv)
+    cli.set_threads(a.nproc)
+    regions = parse_untrusted(a.untrusted, "--untrusted")
+    expt = read_expt(a.expt)
+    cli.log(geometry_summary(expt) if expt.crystal else f"{expt.scan.num_images} frames")
+    write_data(expt, a.outfile, a.chunks, regions, a.nproc, {"expt": a.expt}, log=cli.log)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
