@@ -160,6 +160,23 @@ class GeometryFile:
             )
         return SweepGeometry(self.experiment, mdx2_compat=mdx2_compat)
 
+    def check_matches(self, series):
+        """Refuse an image series from another sweep than this geometry."""
+        e = self.experiment
+        if e is not None:
+            want = (e.scan.num_images,) + e.panel.shape
+            if tuple(series.shape) != want:
+                raise InputError(
+                    f"{series.path}: image series shape {tuple(series.shape)} does not match "
+                    f"{self.path} (frames, ny, nx = {want})"
+                )
+        phi_g = self.grid_axes[0]
+        if series.phi.min() < phi_g.min() - 1e-6 or series.phi.max() > phi_g.max() + 1e-6:
+            raise InputError(
+                f"{series.path}: rotation range {series.phi.min():g}-{series.phi.max():g} deg "
+                f"lies outside {self.path}'s scan ({phi_g.min():g}-{phi_g.max():g} deg)"
+            )
+
     def check_convention(self, mdx2_compat: bool):
         want = CONVENTION_CORNER if mdx2_compat else CONVENTION_CENTRE
         if mdx2_compat and self.convention != want:

@@ -1,0 +1,136 @@
+"""bin_image_series: block-average an image series into a count-rate map (counts/s/pixel).
+
+As mdx2 (``mdx2-compat.md`` §3.5): each axis is cut into ceil(n/b) nearly equal sections
+(numpy.array_split); a bin's value is the unweighted mean of its valid counts divided by the
+mean exposure time of its frames; NaN where a bin has no valid pixel. Invalid: -1, counts
+outside the inclusive valid_range, masked pixels.
+
+Beyond mdx2, each bin also carries its summed counts, number of valid pixels and summed
+exposure seconds, so its Poisson standard error is known: sqrt(counts) / seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffuseflow.errors import InputError
+
+
+def sections(n: int, b: int) -> np.ndarray:
+    """Start indices of ceil(n/b) nearly equal sections (first n mod k get one extra)."""
+    k = math.ceil(n / b)
+    sizes = np.full(k, n // k)
+    sizes[: n % k] += 1
+    return np.concatenate([[0], np.cumsum(sizes)])
+
+
+@dataclass
+class Binned:
+    signal: np.ndarray  #: counts/s, NaN for empty bins (mdx2's value)
+    counts: np.ndarray  #: summed valid counts
+    n_valid: np.ndarray  #: number of valid pixel-frames
+    seconds: np.ndarray  #: summed exposure seconds of the valid pixel-frames
+    phi: np.ndarray
+    iy: np.ndarray
+    ix: np.ndarray
+
+    @property
+    def rate_error(self) -> np.ndarray:
+        """Poisson standard error of ``signal`` (counts/s)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(self.counts) / self.seconds
+
+
+def check_bins(bins, shape, names=("frames", "rows", "columns")):
+    if len(bins) != 3:
+        raise InputError("bins need three sizes: frames, rows, columns")
+    for b, n, name in zip(bins, shape, names, strict=True):
+        if b <= 0:
+            raise InputError(f"bin size in {name} must be > 0, is {b}")
+        if b > n:
+            raise InputError(f"bin size in {name} ({b}) is larger than the axis ({n} {name})")
+
+
+def check_valid_range(valid_range):
+    if valid_range is None:
+        return None
+    lo, hi = valid_range
+    if not lo < hi:
+        raise InputError(f"valid_range must have LO < HI, is [{lo}, {hi}]")
+    return float(lo), float(hi)
+
+
+def bin_slab(data, exposure, valid_range, mask, ys, xs):
+    """Sum a slab (frames, ny, nx) into (ny_bins, nx_bins) counts, n_valid and seconds."""
+    valid = data != -1
+    if valid_range is not None:
+        valid &= (data >= valid_range[0]) & (data <= valid_range[1])
+    if mask is not None:
+        valid &= ~mask
+    counts = np.where(valid, data, 0).sum(axis=0, dtype=np.int64)
+    n = valid.sum(axis=0, dtype=np.int64)
+    secs = np.tensordot(np.asarray(exposure, float), valid, axes=(0, 0))
+
+    def reduce2(a):
+        return np.add.reduceat(np.add.reduceat(a, ys[:-1], axis=0), xs[:-1], axis=1)
+
+    return reduce2(counts), reduce2(n), reduce2(secs)
+
+
+def section_means(axis, starts):
+    return np.array([np.mean(axis[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)])
+
+
+def bin_series(series, bins, valid_range, mask_path=None, pool=None, log=print) -> Binned:
+    """Bin a whole image series, one phi-section at a time (memory: one section)."""
+
+    n, ny, nx = series.shape
+    check_bins(bins, series.shape)
+    ps, ys, xs = sections(n, bins[0]), sections(ny, bins[1]), sections(nx, bins[2])
+    shape = (len(ps) - 1, len(ys) - 1, len(xs) - 1)
+    counts = np.zeros(shape, np.int64)
+    n_valid = np.zeros(shape, np.int64)
+    seconds = np.zeros(shape)
+    signal = np.full(shape, np.nan)
+    mask_ds = None
+    mask_file = None
+    if mask_path:
+        from diffuseflow.io.nexus import open_input
+
+        mask_file = open_input(mask_path, "a mask (mask.nxs)", ["mask"])
+        mask_ds = mask_file["entry/mask/signal"]
+        if mask_ds.shape != series.shape or mask_ds.dtype != bool:
+            mask_file.close()
+            raise InputError(
+                f"{mask_path}: mask must be bool with the data's shape {series.shape}, is "
+                f"{mask_ds.dtype} {mask_ds.shape}"
+            )
+    try:
+        for b, (p0, p1) in enumerate(zip(ps[:-1], ps[1:], strict=True)):
+            log(f"binning frames {p0} to {p1 - 1}")
+            data = series.read(int(p0), int(p1), pool)
+            mask = None
+            if mask_ds is not None:
+                from diffuseflow.io.nexus import read_slab
+
+                mask = read_slab(mask_ds, int(p0), int(p1), pool)
+            expo = series.exposure_times[p0:p1]
+            c, k, s = bin_slab(data, expo, valid_range, mask, ys, xs)
+            counts[b], n_valid[b], seconds[b] = c, k, s
+            with np.errstate(invalid="ignore", divide="ignore"):
+                signal[b] = np.where(k > 0, c / k, np.nan) / np.mean(expo)
+    finally:
+        if mask_file is not None:
+            mask_file.close()
+    return Binned(
+        signal,
+        counts,
+        n_valid,
+        seconds,
+        section_means(series.phi, ps),
+        section_means(series.iy, ys),
+        section_means(series.ix, xs),
+    )

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Mask Bragg peaks (mdx2 tutorial part 3): a pixel is masked where it lies within
+--sigma_cutoff of an allowed reflection's Gaussian, or is a peak pixel from find_peaks.
+
+Allowed = not systematically absent in the crystal's space group (all absences, via gemmi), or
+lattice centring only (mdx2's rule) with --absences centring or --mdx2_compat. --bragg writes
+the complement instead (Bragg regions only, no peak pixels). Written slab by slab to the bool
+dataset /entry/mask/signal.
+"""
+
+from diffuseflow import cli
+from diffuseflow.algorithms.importing import GeometryFile
+from diffuseflow.algorithms.mask import PeakMasker, hot_pixel_indices, write_mask
+from diffuseflow.algorithms.peaks import PeakModel
+from diffuseflow.errors import InputError
+from diffuseflow.io import nexus
+
+
+def main(argv):
+    p = cli.parser("mask_peaks.py", __doc__)
+    p.add_argument("geom", metavar="GEOM", help="geometry.nxs")
+    p.add_argument("data", metavar="DATA", help="data.nxs (axes and chunks; pixels not read)")
+    p.add_argument("peaks", metavar="PEAKS", help="peaks.nxs from find_peaks")
+    p.add_argument("--sigma_cutoff", type=float, default=3.0)
+    p.add_argument("--bragg", action="store_true", help="keep only the Bragg regions")
+    p.add_argument("--absences", choices=["full", "centring"],
+                   help="absence rule (default: full; centring with --mdx2_compat)")
+    p.add_argument("--outfile", default="mask.nxs")
+    cli.add_nproc(p)
+    a = p.parse_args(argv)
+    cli.set_threads(a.nproc)
+    if not a.sigma_cutoff > 0:
+        raise InputError(f"--sigma_cutoff must be > 0, is {a.sigma_cutoff}")
+    absences = a.absences or ("centring" if a.mdx2_compat else "full")
+    geomfile = GeometryFile(a.geom)
+    geomfile.check_convention(a.mdx2_compat)
+    with nexus.open_input(a.peaks, "peaks.nxs", ["peak_model", "peaks"]) as f:
+        model = PeakModel(f["entry/peak_model/r0"][()], f["entry/peak_model/sigma"][()])
+        peaks = nexus.read_peaks(f, "peaks")
+    with nexus.ImageSeries(a.data) as series:
+        geomfile.check_matches(series)
+        shape, chunks = series.shape, series.chunks
+        axes = (series.phi, series.iy, series.ix)
+    masker = PeakMasker(geomfile, model, a.sigma_cutoff, a.mdx2_compat, absences,
+                        axes[0], shape[1], shape[2])
+    hot = hot_pixel_indices(*peaks, *axes)
+    params = {"sigma_cutoff": a.sigma_cutoff, "bragg": a.bragg, "absences": absences,
+              "mdx2_compat": a.mdx2_compat}
+    with nexus.atomic_output(a.outfile) as tmp:
+        with nexus.new_file(tmp, "mask_peaks", params, [a.geom, a.data, a.peaks]) as f:
+            g = nexus.mdx2_group(f["entry"], "mask", "mdx2.geometry", "GridData", "NXdata")
+            g.attrs["signal"] = "signal"
+            g.attrs["axes"] = nexus._str_array(["axis0", "axis1", "axis2"])
+            for k, ax in enumerate(axes):
+                g.create_dataset(f"axis{k}", data=ax)
+            dset = nexus.create_stack(g, "signal", shape, bool, chunks, level=4, shuffle=False)
+            writer = nexus.StackWriter(dset, threads=a.nproc)
+            try:
+                write_mask(masker, axes, shape, dset.chunks, hot, a.bragg, writer, log=cli.log)
+            finally:
+                writer.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
