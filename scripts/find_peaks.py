@@ -42,7 +42,7 @@ def main(argv):
     geomfile.check_convention(a.mdx2_compat)
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
         geomfile.check_matches(series)
-        sug = suggest_threshold(series)
+        sug = suggest_threshold(series, pool=pool)
         cli.log(f"Background level: median {sug['median']:g}, p90 {sug['p90']:g}, "
                 f"p99 {sug['p99']:g} counts; suggested count_threshold {sug['threshold']:g}")
         threshold = sug["threshold"] if a.count_threshold == "auto" else a.count_threshold

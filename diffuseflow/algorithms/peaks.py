@@ -91,18 +91,18 @@ def points_hkl(geomfile, mdx2_compat: bool, phi, iy, ix) -> np.ndarray:
     return out
 
 
-def suggest_threshold(series, max_frames: int = 12) -> dict:
-    """Background level from a few frames spread over the sweep, and a count threshold of
+def suggest_threshold(series, max_slabs: int = 3, pool=None) -> dict:
+    """Background level from a few slabs spread over the sweep, and a count threshold of
     10 x that level (the mdx2 tutorial's rule of thumb), at least 10 counts."""
-    n = series.shape[0]
-    picks = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    slabs = series.slabs()
+    picks = np.unique(np.linspace(0, len(slabs) - 1, min(len(slabs), max_slabs)).round())
     values = []
-    for i in picks:
-        frame = series.data[int(i)]
-        values.append(frame[frame >= 0][::7])  # a subsample keeps this cheap
-    v = np.concatenate(values) if values else np.array([])
+    for k in picks.astype(int):
+        slab = series.read(*slabs[k], pool)
+        values.append(slab[slab >= 0][::7])  # a subsample keeps the statistics cheap
+    v = np.concatenate(values)
     if v.size == 0:
-        raise InputError(f"{series.path}: no valid pixels in the sampled frames")
+        raise InputError(f"{series.path}: every pixel of the sampled frames is invalid (-1)")
     median = float(np.median(v))
     return {
         "median": median,

@@ -239,7 +239,9 @@ def _compose_hierarchy(r: _Reader, det: dict) -> dict[int, tuple]:
             i = node["panel"]
             if not isinstance(i, int) or not 0 <= i < len(panels):
                 raise r.fail(f"{where}: panel index {i!r} does not exist")
-            o, f, s = frame(panels[i], f"detector.panels[{i}]")
+            w = f"detector.panels[{i}]"
+            o = r.vec(panels[i], "origin", w)
+            f, s = r.unit(panels[i], "fast_axis", w), r.unit(panels[i], "slow_axis", w)
             result[i] = (P @ o + O, P @ f, P @ s)
             return
         o, f, s = frame(node, where)

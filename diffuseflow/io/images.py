@@ -130,7 +130,12 @@ def _load_dials_mask(path: str, shape) -> np.ndarray:
 
 
 def _read_fabio(path: str) -> np.ndarray:
+    import logging
+
     import fabio
+
+    # fabio logs its own complaints (e.g. checksum mismatches) before raising; we report once
+    logging.getLogger("fabio").setLevel(logging.CRITICAL)
 
     if not os.path.exists(path):
         raise InputError(f"{path}: image file not found")
@@ -138,7 +143,7 @@ def _read_fabio(path: str) -> np.ndarray:
         img = fabio.open(path)
         data = img.data
     except Exception as e:  # fabio raises many types for damaged files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = str(e).splitlines()[0] if str(e) else "truncated or corrupt file"
         raise InputError(f"{path}: cannot read image ({msg})") from None
     if data is None:
         raise InputError(f"{path}: cannot read image (no data)")

@@ -1,0 +1,22 @@
+# diffuseflow: Bragg-peak masking and background binning for diffuse scattering.
+# The target rule lives here (Snakemake 9 takes the default target from this file);
+# one rule file per stage under workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/import.smk"
+include: "workflow/rules/peaks.smk"
+include: "workflow/rules/background.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,64 @@
+"""Shared fixtures: small simulated sweeps (made by diffuseflow's own simulator) and a helper
+that runs the command-line scripts as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffuseflow.simulate import preset, write_sweeps
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+SNASE = ROOT.parent / "shared" / "data" / "snase"
+
+
+def run_script(name, *args, cwd=None, check=True):
+    """Run scripts/<name>.py; returns CompletedProcess (stdout+stderr captured as text)."""
+    cmd = [sys.executable, str(SCRIPTS / f"{name}.py"), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# Small sweeps: big enough for thousands of peak pixels, small enough for seconds.
+INSULIN_SMALL = dict(nx=981, ny=619, n_frames=30, osc=0.1, bkg_frames=8, seed=3)
+P212121_SMALL = dict(nx=1040, ny=700, n_frames=24, osc=0.25, bkg_frames=6, seed=5,
+                     distance=100.0)
+
+
+def _processed(tmp_path_factory, name, preset_name, overrides, bkg_bins="2 20 20"):
+    d = tmp_path_factory.mktemp(name)
+    write_sweeps(preset(preset_name, **overrides), d, log=None)
+    run_script("import_geometry", d / "crystal/sweep.expt", "--outfile", d / "geometry.nxs")
+    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs",
+               "--nproc", 2)
+    run_script("import_data", d / "background/sweep.expt", "--outfile", d / "bkg_data.nxs")
+    run_script("find_peaks", d / "geometry.nxs", d / "data.nxs", "--count_threshold", 20,
+               "--outfile", d / "peaks.nxs", "--nproc", 2)
+    run_script("mask_peaks", d / "geometry.nxs", d / "data.nxs", d / "peaks.nxs",
+               "--outfile", d / "mask.nxs", "--nproc", 2)
+    return d
+
+
+@pytest.fixture(scope="session")
+def insulin_run(tmp_path_factory):
+    """Simulated I 21 3 sweep taken through import, find_peaks and mask_peaks."""
+    return _processed(tmp_path_factory, "insulin", "insulin", INSULIN_SMALL)
+
+
+@pytest.fixture(scope="session")
+def p212121_run(tmp_path_factory):
+    """Simulated P 21 21 21 sweep (Eiger-like pixels, tilted panel, setting rotation)."""
+    return _processed(tmp_path_factory, "p212121", "p212121", P212121_SMALL)
+
+
+@pytest.fixture(scope="session")
+def snase():
+    if not (SNASE / "snase.expt").exists():
+        pytest.skip("real SNase sweep not present in ../shared/data/snase")
+    return SNASE

@@ -1,0 +1,212 @@
+"""Import: every reader and compression, data.nxs equal to the raw frames, invalid pixels -1,
+geometry.nxs in mdx2's layout, and one-line errors with no output left behind."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_script
+
+from diffuseflow.io.expt import read_expt
+from diffuseflow.io.images import FrameReader, parse_untrusted
+from diffuseflow.io.nexus import provenance
+from diffuseflow.simulate import Simulation, preset, write_sweeps
+
+SMALL = dict(nx=520, ny=420, n_frames=5, bkg_frames=1, seed=11)
+
+
+@pytest.mark.parametrize(
+    "fmt, compress", [("cbf", None), ("cbf", "bz2"), ("cbf", "gz"), ("smv", None),
+                      ("smv", "bz2"), ("h5", None)]
+)
+def test_each_format_imports_to_the_raw_frames(tmp_path, fmt, compress):
+    p = preset("insulin", image_format=fmt, compress=compress, **SMALL)
+    write_sweeps(p, tmp_path, kinds=("crystal",), log=None)
+    expt = tmp_path / "crystal" / "sweep.expt"
+    run_script("import_data", expt, "--outfile", tmp_path / "data.nxs", "--chunks", 2, 0, 0)
+    sim = Simulation(p)
+    invalid = sim.invalid_mask()
+    with h5py.File(tmp_path / "data.nxs") as f:
+        data = f["entry/image_series/data"]
+        assert data.dtype == np.int32 and data.shape == (5, 420, 520)
+        assert data.chunks[0] == 2
+        stack = data[()]
+        phi = f["entry/image_series/phi"][()]
+    np.testing.assert_allclose(phi, 160.0 + 0.1 * (np.arange(5) + 0.5))
+    # the same frames, regenerated from the simulator's seed, are the truth
+    geom = sim.geometry(expt_path=expt)
+    sim.prepare(geom)
+    bkg = sim.background_rate(geom, True) * p.exposure
+    gaps = np.zeros_like(invalid)
+    for x0, y0, x1, y1 in read_expt(expt).panel.mask_rectangles:
+        gaps[y0:y1, x0:x1] = True
+    for i in range(5):
+        counts, _ = sim.frame("crystal", i, bkg, invalid)
+        if fmt == "smv":  # a uint16 file cannot hold -1: the beamstop reads 0; gaps stay masked
+            counts = np.where(gaps, -1, np.clip(counts, 0, 65535))
+        np.testing.assert_array_equal(stack[i], counts)
+    if fmt == "smv":
+        invalid = gaps
+    assert np.all(stack[:, invalid] == -1)
+    assert np.all(stack[:, ~invalid] >= 0)
+
+
+def test_untrusted_regions_and_trusted_range(tmp_path):
+    p = preset("insulin", **SMALL)
+    write_sweeps(p, tmp_path, kinds=("crystal",), log=None)
+    expt = read_expt(tmp_path / "crystal" / "sweep.expt")
+    regions = parse_untrusted(["circle=100,80,10", "rectangle=300,320,10,30"])
+    r = FrameReader(expt, regions)
+    frame = r.read(0)
+    iy, ix = np.ogrid[:420, :520]
+    circle = (ix + 0.5 - 100) ** 2 + (iy + 0.5 - 80) ** 2 <= 100
+    assert np.all(frame[circle] == -1)
+    assert np.all(frame[10:30, 300:320] == -1)
+    assert np.count_nonzero(frame[~(circle | Simulation(p).invalid_mask())] == -1) < 20 * 20 + 5
+    r.lo, r.hi = 5, 10  # values outside the inclusive trusted range become -1
+    f2 = r.read(0)
+    raw = r.read_raw(0)
+    assert np.all(f2[(raw < 5) | (raw > 10)] == -1)
+    assert np.all(f2[(raw >= 5) & (raw <= 10) & ~r.static_invalid] >= 5)
+
+
+@pytest.mark.parametrize("spec", ["circle=1,2", "ellipse=1,2,3", "rectangle=5,4,1,2",
+                                  "circle=a,b,c"])
+def test_bad_untrusted_region(spec):
+    from diffuseflow.errors import InputError
+
+    with pytest.raises(InputError, match="untrusted"):
+        parse_untrusted([spec])
+
+
+def test_geometry_nxs_layout_and_provenance(insulin_run):
+    g = insulin_run / "geometry.nxs"
+    with h5py.File(g) as f:
+        assert f.attrs["mdx2_version"] == "1.0.5"
+        for name, cls in [("crystal", "Crystal"), ("symmetry", "Symmetry"),
+                          ("corrections", "Corrections"), ("miller_index", "MillerIndex")]:
+            assert f[f"entry/{name}"].attrs["mdx2_class"] == cls
+            assert f[f"entry/{name}"].attrs["mdx2_module"] == "mdx2.geometry"
+        sym = f["entry/symmetry"]
+        assert sym["space_group_number"][()] == 199
+        assert sym["laue_group_number"][()] == 200  # P m -3, as mdx2 reports for I 21 3
+        assert sym["reflection_conditions"][()].decode() == "(h + k + l) % 2 == 0"
+        assert sym["reciprocal_space_asu"][()].decode() == (
+            "(h>=0) & (((l>=h) & (k>h)) | ((l==h) & (k==h)))"
+        )
+        assert sym["space_group_operators"].shape == (24, 3, 4)
+        h = f["entry/miller_index/h/signal"]
+        # 30 frames of 0.1 deg -> 1 + ceil(3/1) phi nodes; 1 + ceil(619/10), 1 + ceil(981/10)
+        assert h.shape == (4, 63, 100)
+        for c in ("solid_angle", "efficiency", "attenuation", "polarization", "d3s"):
+            sig = f[f"entry/corrections/{c}/signal"][()]
+            assert sig.shape == (63, 100) and np.all(np.isfinite(sig)) and np.all(sig > 0)
+        att = f["entry/corrections/attenuation/signal"][()]
+        assert 0.9 < att.min() < att.max() < 1  # ~0.03 %/mm of air at 12.7 keV
+    prov = provenance(g)
+    assert prov["program"] == "import_geometry" and prov["version"]
+    assert prov["parameters"]["sample_spacing"] == [1, 10, 10]
+    assert prov["inputs"][0]["path"].endswith("sweep.expt")
+
+
+def test_data_nxs_readable_from_any_directory(insulin_run, tmp_path):
+    elsewhere = tmp_path / "copy.nxs"
+    shutil.copy(insulin_run / "data.nxs", elsewhere)
+    with h5py.File(elsewhere) as f:
+        d = f["entry/image_series/data"]
+        assert not d.is_virtual
+        assert d[0].max() > 0  # real counts, not the -1 fill value
+        assert f["entry/image_series"].attrs["signal"] == "data"
+
+
+def test_reimport_gives_identical_arrays(tmp_path, insulin_run):
+    expt = insulin_run / "crystal" / "sweep.expt"
+    run_script("import_data", expt, "--outfile", tmp_path / "a.nxs", "--nproc", 1)
+    with h5py.File(tmp_path / "a.nxs") as a, h5py.File(insulin_run / "data.nxs") as b:
+        np.testing.assert_array_equal(a["entry/image_series/data"][()],
+                                      b["entry/image_series/data"][()])
+
+
+# ------------------------------------------------------------------------------------------
+# bad inputs: one line, non-zero exit, no output
+
+
+@pytest.fixture
+def small_sweep(tmp_path):
+    write_sweeps(preset("insulin", **SMALL), tmp_path, kinds=("crystal",), log=None)
+    return tmp_path
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for frag in fragments:
+        assert frag in err[0], err[0]
+
+
+def image(small_sweep, n):
+    return small_sweep / "crystal" / "images" / f"crystal_{n:05d}.cbf"
+
+
+def test_missing_image(small_sweep):
+    image(small_sweep, 3).unlink()
+    out = small_sweep / "data.nxs"
+    proc = run_script("import_data", small_sweep / "crystal/sweep.expt", "--outfile", out,
+                      check=False)
+    assert_user_error(proc, "crystal_00003.cbf", "not found")
+    assert not out.exists() and not list(small_sweep.glob(".data.nxs*"))
+
+
+def test_truncated_cbf(small_sweep):
+    p = image(small_sweep, 2)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    out = small_sweep / "data.nxs"
+    proc = run_script("import_data", small_sweep / "crystal/sweep.expt", "--outfile", out,
+                      check=False)
+    assert_user_error(proc, "crystal_00002.cbf")
+    assert not out.exists()
+
+
+def test_wrong_image_size(small_sweep):
+    from diffuseflow.io.writers import write_cbf
+
+    write_cbf(str(image(small_sweep, 4)), np.zeros((100, 120), np.int32))
+    out = small_sweep / "data.nxs"
+    proc = run_script("import_data", small_sweep / "crystal/sweep.expt", "--outfile", out,
+                      check=False)
+    assert_user_error(proc, "crystal_00004.cbf", "120x100", "does not match")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["import_data", "import_geometry"])
+def test_expt_missing_a_key(small_sweep, script):
+    path = small_sweep / "crystal/sweep.expt"
+    doc = json.loads(path.read_text())
+    del doc["beam"][0]["wavelength"]
+    path.write_text(json.dumps(doc))
+    out = small_sweep / "out.nxs"
+    proc = run_script(script, path, "--outfile", out, check=False)
+    assert_user_error(proc, "sweep.expt", "wavelength")
+    assert not out.exists()
+
+
+def test_unknown_image_format(small_sweep):
+    path = small_sweep / "crystal/sweep.expt"
+    doc = json.loads(path.read_text())
+    doc["imageset"][0]["template"] = "images/crystal_#####.tif"
+    path.write_text(json.dumps(doc))
+    out = small_sweep / "data.nxs"
+    proc = run_script("import_data", path, "--outfile", out, check=False)
+    assert_user_error(proc, "crystal_00001.tif", "unknown image format")
+    assert not out.exists()
+
+
+def test_help_works_for_every_script():
+    for s in ["import_geometry", "import_data", "find_peaks", "mask_peaks",
+              "bin_image_series", "simulate_sweep"]:
+        proc = run_script(s, "--help")
+        assert "usage" in proc.stdout and "--mdx2_compat" in proc.stdout
