@@ -27,7 +27,8 @@ def run_script(name, *args, cwd=None, check=True):
 
 # Small sweeps: big enough for thousands of peak pixels, small enough for seconds.
 INSULIN_SMALL = dict(nx=981, ny=619, n_frames=30, osc=0.1, bkg_frames=8, seed=3)
-P212121_SMALL = dict(nx=1040, ny=700, n_frames=24, osc=0.25, bkg_frames=6, seed=5,
+# phi_start 38 deg sweeps the screw-axis absences 0k0, k = 5..13 across the detector
+P212121_SMALL = dict(nx=1040, ny=700, n_frames=24, osc=0.25, bkg_frames=6, seed=5, phi_start=38.0,
                      distance=100.0)
 
 
