@@ -28,7 +28,7 @@ import numpy as np
 
 from diffuseflow.geometry.kernels import bragg_image
 from diffuseflow.geometry.model import SweepGeometry
-from diffuseflow.geometry.symmetry import allowed_table, index_limit, space_group_from_hall
+from diffuseflow.geometry.symmetry import allowed_table, index_limit
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.writers import pilatus_header, write_cbf, write_eiger, write_smv
 
@@ -551,12 +551,19 @@ def load_simulation(truth_path) -> Simulation:
     """Rebuild the Simulation (and so every truth function) from a truth.json."""
     t = json.loads(Path(truth_path).read_text())
     fields = dict(t["preset"])
-    for k in ("cell", "beam_centre", "module", "gap", "rotation_axis", "setting_rotation_deg",
-              "r0", "semi_axes"):
+    for k in (
+        "cell",
+        "beam_centre",
+        "module",
+        "gap",
+        "rotation_axis",
+        "setting_rotation_deg",
+        "r0",
+        "semi_axes",
+    ):
         fields[k] = tuple(fields[k])
     return Simulation(Preset(**fields))
 
 
 def sweep_size_bytes(p: Preset) -> int:
     return p.nx * p.ny * 4 * (p.n_frames + p.bkg_frames)
-

@@ -33,18 +33,31 @@ def main(argv):
         result = binning.bin_series(series, a.bins, valid_range, a.mask, pool, log=cli.log)
     if np.all(result.n_valid == 0):
         raise InputError(f"{a.data}: no valid pixel to bin (check --valid_range and --mask)")
-    params = {"bins": a.bins, "valid_range": valid_range, "mask": a.mask,
-              "mdx2_compat": a.mdx2_compat}
+    params = {
+        "bins": a.bins,
+        "valid_range": valid_range,
+        "mask": a.mask,
+        "mdx2_compat": a.mdx2_compat,
+    }
     inputs = [a.data] + ([a.mask] if a.mask else [])
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(tmp, "bin_image_series", params, inputs) as f:
-            nexus.nxdata(f["entry"], "binned_image_series", result.signal,
-                         {"phi": result.phi, "iy": result.iy, "ix": result.ix},
-                         cls="GridData", counts=result.counts, n_valid=result.n_valid,
-                         seconds=result.seconds, rate_error=result.rate_error)
-    cli.log(f"Binned shape (phi, iy, ix): {result.signal.shape}; "
-            f"mean rate {np.nanmean(result.signal):.4g} counts/s; "
-            f"{int(np.isnan(result.signal).sum())} empty bins")
+            nexus.nxdata(
+                f["entry"],
+                "binned_image_series",
+                result.signal,
+                {"phi": result.phi, "iy": result.iy, "ix": result.ix},
+                cls="GridData",
+                counts=result.counts,
+                n_valid=result.n_valid,
+                seconds=result.seconds,
+                rate_error=result.rate_error,
+            )
+    cli.log(
+        f"Binned shape (phi, iy, ix): {result.signal.shape}; "
+        f"mean rate {np.nanmean(result.signal):.4g} counts/s; "
+        f"{int(np.isnan(result.signal).sum())} empty bins"
+    )
 
 
 if __name__ == "__main__":

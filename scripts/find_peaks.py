@@ -29,8 +29,12 @@ def main(argv):
     p = cli.parser("find_peaks.py", __doc__)
     p.add_argument("geom", metavar="GEOM", help="geometry.nxs")
     p.add_argument("data", metavar="DATA", help="data.nxs")
-    p.add_argument("--count_threshold", type=threshold_arg, required=True,
-                   help="pixels with counts > this are peak pixels; 'auto' = 10x background")
+    p.add_argument(
+        "--count_threshold",
+        type=threshold_arg,
+        required=True,
+        help="pixels with counts > this are peak pixels; 'auto' = 10x background",
+    )
     p.add_argument("--sigma_cutoff", type=float, default=3.0)
     p.add_argument("--outfile", default="peaks.nxs")
     cli.add_nproc(p)
@@ -43,14 +47,22 @@ def main(argv):
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
         geomfile.check_matches(series)
         sug = suggest_threshold(series, pool=pool)
-        cli.log(f"Background level: median {sug['median']:g}, p90 {sug['p90']:g}, "
-                f"p99 {sug['p99']:g} counts; suggested count_threshold {sug['threshold']:g}")
+        cli.log(
+            f"Background level: median {sug['median']:g}, p90 {sug['p90']:g}, "
+            f"p99 {sug['p99']:g} counts; suggested count_threshold {sug['threshold']:g}"
+        )
         threshold = sug["threshold"] if a.count_threshold == "auto" else a.count_threshold
         model, outliers, (phi, iy, ix), _ = find_peaks(
-            geomfile, series, threshold, a.sigma_cutoff, a.mdx2_compat, pool, log=cli.log)
-    params = {"count_threshold": threshold, "count_threshold_requested": a.count_threshold,
-              "suggested_count_threshold": sug["threshold"], "background_median": sug["median"],
-              "sigma_cutoff": a.sigma_cutoff, "mdx2_compat": a.mdx2_compat}
+            geomfile, series, threshold, a.sigma_cutoff, a.mdx2_compat, pool, log=cli.log
+        )
+    params = {
+        "count_threshold": threshold,
+        "count_threshold_requested": a.count_threshold,
+        "suggested_count_threshold": sug["threshold"],
+        "background_median": sug["median"],
+        "sigma_cutoff": a.sigma_cutoff,
+        "mdx2_compat": a.mdx2_compat,
+    }
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(tmp, "find_peaks", params, [a.geom, a.data]) as f:
             nexus.write_peak_model(f["entry"], model.r0, model.sigma)

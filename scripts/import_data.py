@@ -15,11 +15,21 @@ from diffuseflow.io.images import parse_untrusted
 def main(argv):
     p = cli.parser("import_data.py", __doc__)
     p.add_argument("expt", metavar="EXPT", help="DIALS experiments file")
-    p.add_argument("--chunks", type=int, nargs=3, metavar=("F", "Y", "X"),
-                   help="HDF5 chunk shape; a value <= 0 keeps the default for that axis")
-    p.add_argument("--untrusted", nargs="*", default=[], metavar="REGION",
-                   help="untrusted regions, DIALS syntax: circle=x,y,r rectangle=x0,x1,y0,y1 "
-                   "(x fast, y slow, pixels)")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        nargs=3,
+        metavar=("F", "Y", "X"),
+        help="HDF5 chunk shape; a value <= 0 keeps the default for that axis",
+    )
+    p.add_argument(
+        "--untrusted",
+        nargs="*",
+        default=[],
+        metavar="REGION",
+        help="untrusted regions, DIALS syntax: circle=x,y,r rectangle=x0,x1,y0,y1 "
+        "(x fast, y slow, pixels)",
+    )
     p.add_argument("--outfile", default="data.nxs")
     cli.add_nproc(p)
     a = p.parse_args(argv)

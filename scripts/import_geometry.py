@@ -13,15 +13,19 @@ from diffuseflow.io.expt import read_expt
 def main(argv):
     p = cli.parser("import_geometry.py", __doc__)
     p.add_argument("expt", metavar="EXPT", help="DIALS experiments file, e.g. refined.expt")
-    p.add_argument("--sample_spacing", type=float, nargs=3, default=[1, 10, 10],
-                   metavar=("PHI", "IY", "IX"),
-                   help="lookup grid spacing: degrees, pixels, pixels (default 1 10 10)")
+    p.add_argument(
+        "--sample_spacing",
+        type=float,
+        nargs=3,
+        default=[1, 10, 10],
+        metavar=("PHI", "IY", "IX"),
+        help="lookup grid spacing: degrees, pixels, pixels (default 1 10 10)",
+    )
     p.add_argument("--outfile", default="geometry.nxs")
     a = p.parse_args(argv)
     expt = read_expt(a.expt)
     cli.log(geometry_summary(expt))
-    write_geometry(expt, a.outfile, a.sample_spacing, a.mdx2_compat, {"expt": a.expt},
-                   log=cli.log)
+    write_geometry(expt, a.outfile, a.sample_spacing, a.mdx2_compat, {"expt": a.expt}, log=cli.log)
 
 
 if __name__ == "__main__":

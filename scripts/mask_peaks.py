@@ -23,8 +23,11 @@ def main(argv):
     p.add_argument("peaks", metavar="PEAKS", help="peaks.nxs from find_peaks")
     p.add_argument("--sigma_cutoff", type=float, default=3.0)
     p.add_argument("--bragg", action="store_true", help="keep only the Bragg regions")
-    p.add_argument("--absences", choices=["full", "centring"],
-                   help="absence rule (default: full; centring with --mdx2_compat)")
+    p.add_argument(
+        "--absences",
+        choices=["full", "centring"],
+        help="absence rule (default: full; centring with --mdx2_compat)",
+    )
     p.add_argument("--outfile", default="mask.nxs")
     cli.add_nproc(p)
     a = p.parse_args(argv)
@@ -41,11 +44,16 @@ def main(argv):
         geomfile.check_matches(series)
         shape, chunks = series.shape, series.chunks
         axes = (series.phi, series.iy, series.ix)
-    masker = PeakMasker(geomfile, model, a.sigma_cutoff, a.mdx2_compat, absences,
-                        axes[0], shape[1], shape[2])
+    masker = PeakMasker(
+        geomfile, model, a.sigma_cutoff, a.mdx2_compat, absences, axes[0], shape[1], shape[2]
+    )
     hot = hot_pixel_indices(*peaks, *axes)
-    params = {"sigma_cutoff": a.sigma_cutoff, "bragg": a.bragg, "absences": absences,
-              "mdx2_compat": a.mdx2_compat}
+    params = {
+        "sigma_cutoff": a.sigma_cutoff,
+        "bragg": a.bragg,
+        "absences": absences,
+        "mdx2_compat": a.mdx2_compat,
+    }
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(tmp, "mask_peaks", params, [a.geom, a.data, a.peaks]) as f:
             g = nexus.mdx2_group(f["entry"], "mask", "mdx2.geometry", "GridData", "NXdata")

@@ -16,8 +16,13 @@ def main(argv):
     p.add_argument("outdir", metavar="OUTDIR")
     p.add_argument("--preset", default="insulin", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--size", type=int, nargs=2, metavar=("NX", "NY"),
-                   help="detector size in pixels (fast, slow); default: the preset's")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("NX", "NY"),
+        help="detector size in pixels (fast, slow); default: the preset's",
+    )
     p.add_argument("--frames", type=int, help="crystal frames")
     p.add_argument("--osc", type=float, help="crystal oscillation per frame (degrees)")
     p.add_argument("--bkg_frames", type=int, help="background frames")

@@ -28,21 +28,38 @@ def run_script(name, *args, cwd=None, check=True):
 # Small sweeps: big enough for thousands of peak pixels, small enough for seconds.
 INSULIN_SMALL = dict(nx=981, ny=619, n_frames=30, osc=0.1, bkg_frames=8, seed=3)
 # phi_start 38 deg sweeps the screw-axis absences 0k0, k = 5..13 across the detector
-P212121_SMALL = dict(nx=1040, ny=700, n_frames=24, osc=0.25, bkg_frames=6, seed=5, phi_start=38.0,
-                     distance=100.0)
+P212121_SMALL = dict(
+    nx=1040, ny=700, n_frames=24, osc=0.25, bkg_frames=6, seed=5, phi_start=38.0, distance=100.0
+)
 
 
 def _processed(tmp_path_factory, name, preset_name, overrides, bkg_bins="2 20 20"):
     d = tmp_path_factory.mktemp(name)
     write_sweeps(preset(preset_name, **overrides), d, log=None)
     run_script("import_geometry", d / "crystal/sweep.expt", "--outfile", d / "geometry.nxs")
-    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs",
-               "--nproc", 2)
+    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs", "--nproc", 2)
     run_script("import_data", d / "background/sweep.expt", "--outfile", d / "bkg_data.nxs")
-    run_script("find_peaks", d / "geometry.nxs", d / "data.nxs", "--count_threshold", 20,
-               "--outfile", d / "peaks.nxs", "--nproc", 2)
-    run_script("mask_peaks", d / "geometry.nxs", d / "data.nxs", d / "peaks.nxs",
-               "--outfile", d / "mask.nxs", "--nproc", 2)
+    run_script(
+        "find_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        "--count_threshold",
+        20,
+        "--outfile",
+        d / "peaks.nxs",
+        "--nproc",
+        2,
+    )
+    run_script(
+        "mask_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        d / "peaks.nxs",
+        "--outfile",
+        d / "mask.nxs",
+        "--nproc",
+        2,
+    )
     return d
 
 

@@ -19,17 +19,38 @@ def binned(path):
     with h5py.File(path) as f:
         g = f["entry/binned_image_series"]
         assert g.attrs["mdx2_class"] == "GridData" and g.attrs["signal"] == "signal"
-        return {k: g[k][()] for k in ("signal", "counts", "n_valid", "seconds", "rate_error",
-                                      "phi", "iy", "ix")}
+        return {
+            k: g[k][()]
+            for k in ("signal", "counts", "n_valid", "seconds", "rate_error", "phi", "iy", "ix")
+        }
 
 
 @pytest.fixture(scope="module")
 def background(insulin_run, tmp_path_factory):
     d = tmp_path_factory.mktemp("bin")
-    run_script("bin_image_series", insulin_run / "bkg_data.nxs", 2, 20, 20, "--valid_range",
-               0, 200, "--outfile", d / "binned.nxs", "--nproc", 2)
-    run_script("bin_image_series", insulin_run / "bkg_data.nxs", 2, 20, 20,
-               "--outfile", d / "unbounded.nxs")
+    run_script(
+        "bin_image_series",
+        insulin_run / "bkg_data.nxs",
+        2,
+        20,
+        20,
+        "--valid_range",
+        0,
+        200,
+        "--outfile",
+        d / "binned.nxs",
+        "--nproc",
+        2,
+    )
+    run_script(
+        "bin_image_series",
+        insulin_run / "bkg_data.nxs",
+        2,
+        20,
+        20,
+        "--outfile",
+        d / "unbounded.nxs",
+    )
     sim = load_simulation(insulin_run / "truth.json")
     geom = sim.geometry("background", insulin_run / "background" / "sweep.expt")
     return d, sim, geom, binned(d / "binned.nxs"), binned(d / "unbounded.nxs")
@@ -50,8 +71,9 @@ def true_binned_rate(sim, geom, bkg_nxs, ys, xs):
 def test_binned_rate_agrees_with_truth(background, insulin_run):
     d, sim, geom, b, _ = background
     ny, nx = geom.shape
-    truth = true_binned_rate(sim, geom, insulin_run / "bkg_data.nxs", sections(ny, 20),
-                             sections(nx, 20))
+    truth = true_binned_rate(
+        sim, geom, insulin_run / "bkg_data.nxs", sections(ny, 20), sections(nx, 20)
+    )
     assert b["signal"].shape == (4, 31, 50)
     ok = b["n_valid"] > 0
     assert np.array_equal(np.isnan(b["signal"]), ~ok)  # NaN exactly where a bin is empty
@@ -80,10 +102,26 @@ def test_valid_range_removes_the_salt_spot(background):
 
 def test_binning_with_a_mask(insulin_run, tmp_path):
     """A crystal sweep binned with its Bragg mask: masked pixels are excluded."""
-    run_script("bin_image_series", insulin_run / "data.nxs", 10, 50, 50, "--mask",
-               insulin_run / "mask.nxs", "--outfile", tmp_path / "b.nxs")
-    run_script("bin_image_series", insulin_run / "data.nxs", 10, 50, 50,
-               "--outfile", tmp_path / "nomask.nxs")
+    run_script(
+        "bin_image_series",
+        insulin_run / "data.nxs",
+        10,
+        50,
+        50,
+        "--mask",
+        insulin_run / "mask.nxs",
+        "--outfile",
+        tmp_path / "b.nxs",
+    )
+    run_script(
+        "bin_image_series",
+        insulin_run / "data.nxs",
+        10,
+        50,
+        50,
+        "--outfile",
+        tmp_path / "nomask.nxs",
+    )
     with h5py.File(insulin_run / "mask.nxs") as f:
         masked = f["entry/mask/signal"][()]
     with h5py.File(insulin_run / "data.nxs") as f:
@@ -105,14 +143,25 @@ def test_binning_with_a_mask(insulin_run, tmp_path):
 )
 def test_bad_inputs(insulin_run, tmp_path, args, message):
     out = tmp_path / "b.nxs"
-    proc = run_script("bin_image_series", insulin_run / "bkg_data.nxs", *args, "--outfile", out,
-                      check=False)
+    proc = run_script(
+        "bin_image_series", insulin_run / "bkg_data.nxs", *args, "--outfile", out, check=False
+    )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_float_valid_range_is_inclusive(insulin_run, tmp_path):
-    run_script("bin_image_series", insulin_run / "bkg_data.nxs", 8, 619, 981, "--valid_range",
-               9.5, 10.0, "--outfile", tmp_path / "b.nxs")
+    run_script(
+        "bin_image_series",
+        insulin_run / "bkg_data.nxs",
+        8,
+        619,
+        981,
+        "--valid_range",
+        9.5,
+        10.0,
+        "--outfile",
+        tmp_path / "b.nxs",
+    )
     b = binned(tmp_path / "b.nxs")
     assert b["signal"].shape == (1, 1, 1) and b["signal"][0, 0, 0] == 10.0

@@ -78,8 +78,9 @@ def test_multi_axis_goniometer_equals_fixed_and_setting(tmp_path, current_doc):
     doc = json.loads(json.dumps(current_doc))
     axes = [[1.0, 0.0, 0.0], [0.0, 0.64, 0.77], [1.0, 0.0, 0.0]]
     angles = [10.0, 30.0, 0.0]
-    doc["goniometer"] = [{"axes": axes, "angles": angles, "names": ["PHI", "KAPPA", "OMEGA"],
-                          "scan_axis": 2}]
+    doc["goniometer"] = [
+        {"axes": axes, "angles": angles, "names": ["PHI", "KAPPA", "OMEGA"], "scan_axis": 2}
+    ]
     g = read_expt(write(tmp_path, doc)).goniometer
     F = rotation_matrices(np.array(axes[1]), 30.0) @ rotation_matrices(np.array(axes[0]), 10.0)
     np.testing.assert_allclose(g.fixed_rotation, F, atol=1e-12)
@@ -93,8 +94,10 @@ def test_multi_axis_goniometer_equals_fixed_and_setting(tmp_path, current_doc):
         (lambda d: d["detector"][0]["panels"][0].pop("origin"), "missing key 'origin'"),
         (lambda d: d["scan"][0].pop("image_range"), "scan is missing key 'image_range'"),
         (lambda d: d["crystal"][0].pop("real_space_b"), "missing key 'real_space_b'"),
-        (lambda d: d["detector"][0]["panels"].append(d["detector"][0]["panels"][0]),
-         "2 panels; only single-panel"),
+        (
+            lambda d: d["detector"][0]["panels"].append(d["detector"][0]["panels"][0]),
+            "2 panels; only single-panel",
+        ),
         (lambda d: d.update(__id__="Nope"), "not a DIALS experiment list"),
         (lambda d: d["experiment"][0].update(beam=3), "beam index 3 does not exist"),
     ],

@@ -12,24 +12,64 @@ from diffuseflow.simulate import Simulation, preset
 # expt-geometry.md §5: the minimal .expt and DIALS PixelToMillerIndex reference values
 MINIMAL = {
     "__id__": "ExperimentList",
-    "experiment": [{"__id__": "Experiment", "identifier": "", "beam": 0, "detector": 0,
-                    "goniometer": 0, "scan": 0, "crystal": 0, "imageset": 0}],
+    "experiment": [
+        {
+            "__id__": "Experiment",
+            "identifier": "",
+            "beam": 0,
+            "detector": 0,
+            "goniometer": 0,
+            "scan": 0,
+            "crystal": 0,
+            "imageset": 0,
+        }
+    ],
     "imageset": [{"__id__": "ImageSequence", "template": "images/example_####.cbf"}],
     "beam": [{"direction": [0.0, 0.0, 1.0], "wavelength": 0.9795}],
-    "detector": [{"panels": [{
-        "name": "Panel", "type": "SENSOR_PAD", "fast_axis": [1.0, 0.0, 0.0],
-        "slow_axis": [0.0, -1.0, 0.0], "origin": [-211.818, 217.322, -200.0],
-        "pixel_size": [0.172, 0.172], "image_size": [2463, 2527],
-        "trusted_range": [-1.0, 1048574.0], "thickness": 0.32, "material": "Si",
-        "mu": 3.9604, "px_mm_strategy": {"type": "ParallaxCorrectedPxMmStrategy"}}]}],
-    "goniometer": [{"rotation_axis": [1.0, 0.0, 0.0],
-                    "fixed_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
-                    "setting_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1]}],
-    "scan": [{"image_range": [1, 4], "oscillation": [10.0, 0.5],
-              "exposure_time": [0.1] * 4, "epochs": [0.0, 0.1, 0.2, 0.3]}],
-    "crystal": [{"__id__": "crystal", "real_space_a": [40.0, 0.0, 0.0],
-                 "real_space_b": [0.0, 50.0, 0.0], "real_space_c": [0.0, 0.0, 60.0],
-                 "space_group_hall_symbol": " P 2ac 2ab"}],
+    "detector": [
+        {
+            "panels": [
+                {
+                    "name": "Panel",
+                    "type": "SENSOR_PAD",
+                    "fast_axis": [1.0, 0.0, 0.0],
+                    "slow_axis": [0.0, -1.0, 0.0],
+                    "origin": [-211.818, 217.322, -200.0],
+                    "pixel_size": [0.172, 0.172],
+                    "image_size": [2463, 2527],
+                    "trusted_range": [-1.0, 1048574.0],
+                    "thickness": 0.32,
+                    "material": "Si",
+                    "mu": 3.9604,
+                    "px_mm_strategy": {"type": "ParallaxCorrectedPxMmStrategy"},
+                }
+            ]
+        }
+    ],
+    "goniometer": [
+        {
+            "rotation_axis": [1.0, 0.0, 0.0],
+            "fixed_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+            "setting_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        }
+    ],
+    "scan": [
+        {
+            "image_range": [1, 4],
+            "oscillation": [10.0, 0.5],
+            "exposure_time": [0.1] * 4,
+            "epochs": [0.0, 0.1, 0.2, 0.3],
+        }
+    ],
+    "crystal": [
+        {
+            "__id__": "crystal",
+            "real_space_a": [40.0, 0.0, 0.0],
+            "real_space_b": [0.0, 50.0, 0.0],
+            "real_space_c": [0.0, 0.0, 60.0],
+            "space_group_hall_symbol": " P 2ac 2ab",
+        }
+    ],
 }
 
 

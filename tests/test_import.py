@@ -18,8 +18,8 @@ SMALL = dict(nx=520, ny=420, n_frames=5, bkg_frames=1, seed=11)
 
 
 @pytest.mark.parametrize(
-    "fmt, compress", [("cbf", None), ("cbf", "bz2"), ("cbf", "gz"), ("smv", None),
-                      ("smv", "bz2"), ("h5", None)]
+    "fmt, compress",
+    [("cbf", None), ("cbf", "bz2"), ("cbf", "gz"), ("smv", None), ("smv", "bz2"), ("h5", None)],
 )
 def test_each_format_imports_to_the_raw_frames(tmp_path, fmt, compress):
     p = preset("insulin", image_format=fmt, compress=compress, **SMALL)
@@ -72,8 +72,9 @@ def test_untrusted_regions_and_trusted_range(tmp_path):
     assert np.all(f2[(raw >= 5) & (raw <= 10) & ~r.static_invalid] >= 5)
 
 
-@pytest.mark.parametrize("spec", ["circle=1,2", "ellipse=1,2,3", "rectangle=5,4,1,2",
-                                  "circle=a,b,c"])
+@pytest.mark.parametrize(
+    "spec", ["circle=1,2", "ellipse=1,2,3", "rectangle=5,4,1,2", "circle=a,b,c"]
+)
 def test_bad_untrusted_region(spec):
     from diffuseflow.errors import InputError
 
@@ -85,8 +86,12 @@ def test_geometry_nxs_layout_and_provenance(insulin_run):
     g = insulin_run / "geometry.nxs"
     with h5py.File(g) as f:
         assert f.attrs["mdx2_version"] == "1.0.5"
-        for name, cls in [("crystal", "Crystal"), ("symmetry", "Symmetry"),
-                          ("corrections", "Corrections"), ("miller_index", "MillerIndex")]:
+        for name, cls in [
+            ("crystal", "Crystal"),
+            ("symmetry", "Symmetry"),
+            ("corrections", "Corrections"),
+            ("miller_index", "MillerIndex"),
+        ]:
             assert f[f"entry/{name}"].attrs["mdx2_class"] == cls
             assert f[f"entry/{name}"].attrs["mdx2_module"] == "mdx2.geometry"
         sym = f["entry/symmetry"]
@@ -125,8 +130,9 @@ def test_reimport_gives_identical_arrays(tmp_path, insulin_run):
     expt = insulin_run / "crystal" / "sweep.expt"
     run_script("import_data", expt, "--outfile", tmp_path / "a.nxs", "--nproc", 1)
     with h5py.File(tmp_path / "a.nxs") as a, h5py.File(insulin_run / "data.nxs") as b:
-        np.testing.assert_array_equal(a["entry/image_series/data"][()],
-                                      b["entry/image_series/data"][()])
+        np.testing.assert_array_equal(
+            a["entry/image_series/data"][()], b["entry/image_series/data"][()]
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,8 +161,9 @@ def image(small_sweep, n):
 def test_missing_image(small_sweep):
     image(small_sweep, 3).unlink()
     out = small_sweep / "data.nxs"
-    proc = run_script("import_data", small_sweep / "crystal/sweep.expt", "--outfile", out,
-                      check=False)
+    proc = run_script(
+        "import_data", small_sweep / "crystal/sweep.expt", "--outfile", out, check=False
+    )
     assert_user_error(proc, "crystal_00003.cbf", "not found")
     assert not out.exists() and not list(small_sweep.glob(".data.nxs*"))
 
@@ -165,8 +172,9 @@ def test_truncated_cbf(small_sweep):
     p = image(small_sweep, 2)
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     out = small_sweep / "data.nxs"
-    proc = run_script("import_data", small_sweep / "crystal/sweep.expt", "--outfile", out,
-                      check=False)
+    proc = run_script(
+        "import_data", small_sweep / "crystal/sweep.expt", "--outfile", out, check=False
+    )
     assert_user_error(proc, "crystal_00002.cbf")
     assert not out.exists()
 
@@ -176,8 +184,9 @@ def test_wrong_image_size(small_sweep):
 
     write_cbf(str(image(small_sweep, 4)), np.zeros((100, 120), np.int32))
     out = small_sweep / "data.nxs"
-    proc = run_script("import_data", small_sweep / "crystal/sweep.expt", "--outfile", out,
-                      check=False)
+    proc = run_script(
+        "import_data", small_sweep / "crystal/sweep.expt", "--outfile", out, check=False
+    )
     assert_user_error(proc, "crystal_00004.cbf", "120x100", "does not match")
     assert not out.exists()
 
@@ -206,7 +215,13 @@ def test_unknown_image_format(small_sweep):
 
 
 def test_help_works_for_every_script():
-    for s in ["import_geometry", "import_data", "find_peaks", "mask_peaks",
-              "bin_image_series", "simulate_sweep"]:
+    for s in [
+        "import_geometry",
+        "import_data",
+        "find_peaks",
+        "mask_peaks",
+        "bin_image_series",
+        "simulate_sweep",
+    ]:
         proc = run_script(s, "--help")
         assert "usage" in proc.stdout and "--mdx2_compat" in proc.stdout

@@ -102,13 +102,34 @@ def test_bragg_photons_inside_the_mask(run, capsys):
 
 def test_results_do_not_depend_on_worker_count(insulin_run, tmp_path):
     d = insulin_run
-    run_script("find_peaks", d / "geometry.nxs", d / "data.nxs", "--count_threshold", 20,
-               "--outfile", tmp_path / "p1.nxs", "--nproc", 1)
-    run_script("mask_peaks", d / "geometry.nxs", d / "data.nxs", tmp_path / "p1.nxs",
-               "--outfile", tmp_path / "m1.nxs", "--nproc", 1)
+    run_script(
+        "find_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        "--count_threshold",
+        20,
+        "--outfile",
+        tmp_path / "p1.nxs",
+        "--nproc",
+        1,
+    )
+    run_script(
+        "mask_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        tmp_path / "p1.nxs",
+        "--outfile",
+        tmp_path / "m1.nxs",
+        "--nproc",
+        1,
+    )
     with h5py.File(tmp_path / "p1.nxs") as a, h5py.File(d / "peaks.nxs") as b:
-        for key in ("peak_model/r0", "peak_model/sigma", "peaks/observed_phi",
-                    "outliers/observed_px_x"):
+        for key in (
+            "peak_model/r0",
+            "peak_model/sigma",
+            "peaks/observed_phi",
+            "outliers/observed_px_x",
+        ):
             np.testing.assert_array_equal(a[f"entry/{key}"][()], b[f"entry/{key}"][()])
     with h5py.File(tmp_path / "m1.nxs") as a, h5py.File(d / "mask.nxs") as b:
         np.testing.assert_array_equal(a["entry/mask/signal"][()], b["entry/mask/signal"][()])
@@ -116,8 +137,15 @@ def test_results_do_not_depend_on_worker_count(insulin_run, tmp_path):
 
 def test_bragg_option_is_the_complement_without_peak_pixels(insulin_run, tmp_path):
     d = insulin_run
-    run_script("mask_peaks", d / "geometry.nxs", d / "data.nxs", d / "peaks.nxs", "--bragg",
-               "--outfile", tmp_path / "bragg.nxs")
+    run_script(
+        "mask_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        d / "peaks.nxs",
+        "--bragg",
+        "--outfile",
+        tmp_path / "bragg.nxs",
+    )
     expected, _ = independent_mask(d)
     _, peaks, _ = fitted(d)
     with h5py.File(tmp_path / "bragg.nxs") as f:
@@ -134,18 +162,42 @@ def test_mdx2_compat_mode_runs_on_the_corner_grid(insulin_run, tmp_path):
     d = insulin_run
     expt = d / "crystal" / "sweep.expt"
     run_script("import_geometry", expt, "--mdx2_compat", "--outfile", tmp_path / "g.nxs")
-    run_script("find_peaks", tmp_path / "g.nxs", d / "data.nxs", "--count_threshold", 20,
-               "--mdx2_compat", "--outfile", tmp_path / "p.nxs")
-    run_script("mask_peaks", tmp_path / "g.nxs", d / "data.nxs", tmp_path / "p.nxs",
-               "--mdx2_compat", "--outfile", tmp_path / "m.nxs")
+    run_script(
+        "find_peaks",
+        tmp_path / "g.nxs",
+        d / "data.nxs",
+        "--count_threshold",
+        20,
+        "--mdx2_compat",
+        "--outfile",
+        tmp_path / "p.nxs",
+    )
+    run_script(
+        "mask_peaks",
+        tmp_path / "g.nxs",
+        d / "data.nxs",
+        tmp_path / "p.nxs",
+        "--mdx2_compat",
+        "--outfile",
+        tmp_path / "m.nxs",
+    )
     with h5py.File(tmp_path / "p.nxs") as a, h5py.File(d / "peaks.nxs") as b:
         # same hot pixels; r0 shifts by the half-pixel corner offset, a few hundredths at most
         assert len(a["entry/peaks/observed_phi"]) == len(b["entry/peaks/observed_phi"])
         shift = a["entry/peak_model/r0"][()] - b["entry/peak_model/r0"][()]
         assert 1e-4 < np.abs(shift).max() < 0.05
     # physical grid + compat flag is refused with a clear message
-    proc = run_script("find_peaks", d / "geometry.nxs", d / "data.nxs", "--count_threshold",
-                      20, "--mdx2_compat", "--outfile", tmp_path / "x.nxs", check=False)
+    proc = run_script(
+        "find_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        "--count_threshold",
+        20,
+        "--mdx2_compat",
+        "--outfile",
+        tmp_path / "x.nxs",
+        check=False,
+    )
     assert proc.returncode == 2 and "--mdx2_compat" in proc.stderr
 
 
@@ -161,16 +213,25 @@ def test_mdx2_compat_mode_runs_on_the_corner_grid(insulin_run, tmp_path):
 def test_find_peaks_bad_inputs(insulin_run, tmp_path, args, message):
     d = insulin_run
     out = tmp_path / "p.nxs"
-    proc = run_script("find_peaks", d / "geometry.nxs", d / "data.nxs", *args,
-                      "--outfile", out, check=False)
+    proc = run_script(
+        "find_peaks", d / "geometry.nxs", d / "data.nxs", *args, "--outfile", out, check=False
+    )
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_mismatched_geometry_and_data(insulin_run, p212121_run, tmp_path):
     out = tmp_path / "p.nxs"
-    proc = run_script("find_peaks", p212121_run / "geometry.nxs", insulin_run / "data.nxs",
-                      "--count_threshold", 20, "--outfile", out, check=False)
+    proc = run_script(
+        "find_peaks",
+        p212121_run / "geometry.nxs",
+        insulin_run / "data.nxs",
+        "--count_threshold",
+        20,
+        "--outfile",
+        out,
+        check=False,
+    )
     assert proc.returncode == 2 and "does not match" in proc.stderr and not out.exists()
 
 
@@ -182,13 +243,28 @@ def test_all_pixels_invalid(insulin_run, tmp_path):
     with h5py.File(bad, "r+") as f:
         d = f["entry/image_series/data"]
         d[...] = np.full(d.shape, -1, np.int32)  # (a broadcast scalar write is very slow)
-    proc = run_script("find_peaks", insulin_run / "geometry.nxs", bad, "--count_threshold", 20,
-                      "--outfile", tmp_path / "p.nxs", check=False)
+    proc = run_script(
+        "find_peaks",
+        insulin_run / "geometry.nxs",
+        bad,
+        "--count_threshold",
+        20,
+        "--outfile",
+        tmp_path / "p.nxs",
+        check=False,
+    )
     assert proc.returncode == 2 and "invalid" in proc.stderr
 
 
 def test_auto_threshold(insulin_run, tmp_path):
     d = insulin_run
-    proc = run_script("find_peaks", d / "geometry.nxs", d / "data.nxs", "--count_threshold",
-                      "auto", "--outfile", tmp_path / "p.nxs")
+    proc = run_script(
+        "find_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        "--count_threshold",
+        "auto",
+        "--outfile",
+        tmp_path / "p.nxs",
+    )
     assert "suggested count_threshold 10" in proc.stdout  # 10 x median background of ~1

@@ -13,8 +13,16 @@ BEAMSTOP = "rectangle=510,557,473,518"  # LUNUS' punch: x 510-556, y 473-517 (in
 @pytest.fixture(scope="module")
 def snase_import(snase, tmp_path_factory):
     d = tmp_path_factory.mktemp("snase")
-    run_script("import_data", snase / "snase.expt", "--outfile", d / "data.nxs",
-               "--untrusted", BEAMSTOP, "--nproc", 2)
+    run_script(
+        "import_data",
+        snase / "snase.expt",
+        "--outfile",
+        d / "data.nxs",
+        "--untrusted",
+        BEAMSTOP,
+        "--nproc",
+        2,
+    )
     run_script("import_geometry", snase / "snase.expt", "--outfile", d / "geometry.nxs")
     return d
 

@@ -85,7 +85,7 @@ def write_geometry(
     log(f"Corrections (iy, ix, n): {(len(iy_g), len(ix_g), len(corr))}")
     cell = unit_cell_of(expt.crystal.A)
     log(f"Space group: {sg.hm}")
-    log(f"Unit cell: {cell.a:.3f} {cell.b:.3f} {cell.c:.3f} {cell.alpha:.2f} {cell.beta:.2f} {cell.gamma:.2f}")
+    log("Unit cell: " + " ".join(f"{v:.3f}" for v in cell.parameters))
     params = dict(parameters or {}, sample_spacing=list(sample_spacing), mdx2_compat=mdx2_compat)
     with nexus.atomic_output(outfile) as tmp:
         with nexus.new_file(tmp, "import_geometry", params, [expt.path]) as f:
@@ -251,5 +251,3 @@ def geometry_summary(expt: Experiment) -> str:
         f"{expt.scan.phi_start:g} deg; detector {expt.panel.image_size[0]}x"
         f"{expt.panel.image_size[1]}; resolution {d_max:.1f}-{d_min:.2f} A"
     )
-
-

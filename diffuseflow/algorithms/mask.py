@@ -52,14 +52,13 @@ class PeakMasker:
             )  # fmt: skip
         else:
             M = np.ascontiguousarray(self.M[i])
-            peak_mask_exact(
-                self.q, M, self.r0, self.P, self.allowed, self.hmax, self.cutoff2, out
-            )
+            peak_mask_exact(self.q, M, self.r0, self.P, self.allowed, self.hmax, self.cutoff2, out)
         return out
 
 
 def hot_pixel_indices(peaks_phi, peaks_iy, peaks_ix, phi_axis, iy_axis, ix_axis):
     """Array indices of hot pixels: round of the interpolated fractional index (as mdx2)."""
+
     def idx(axis, v):
         return np.rint(np.interp(v, axis, np.arange(len(axis), dtype=float))).astype(np.int64)
 

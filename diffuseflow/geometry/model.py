@@ -34,7 +34,9 @@ def unit_cell_of(A: np.ndarray) -> gemmi.UnitCell:
     a, b, c = np.linalg.norm(M, axis=1)
 
     def ang(u, v):
-        return math.degrees(math.acos(np.clip(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
+        return math.degrees(
+            math.acos(np.clip(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))
+        )
 
     return gemmi.UnitCell(a, b, c, ang(M[1], M[2]), ang(M[0], M[2]), ang(M[0], M[1]))
 

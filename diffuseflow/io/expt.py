@@ -234,7 +234,7 @@ def _compose_hierarchy(r: _Reader, det: dict) -> dict[int, tuple]:
         s = r.vec(node, "slow_axis", where, default=(0, 1, 0))
         return o, f / np.linalg.norm(f), s / np.linalg.norm(s)
 
-    def walk(node, P, O, where):
+    def walk(node, P, origin, where):
         if "panel" in node:
             i = node["panel"]
             if not isinstance(i, int) or not 0 <= i < len(panels):
@@ -242,11 +242,11 @@ def _compose_hierarchy(r: _Reader, det: dict) -> dict[int, tuple]:
             w = f"detector.panels[{i}]"
             o = r.vec(panels[i], "origin", w)
             f, s = r.unit(panels[i], "fast_axis", w), r.unit(panels[i], "slow_axis", w)
-            result[i] = (P @ o + O, P @ f, P @ s)
+            result[i] = (P @ o + origin, P @ f, P @ s)
             return
         o, f, s = frame(node, where)
         g_f, g_s = P @ f, P @ s
-        g_o = P @ o + O
+        g_o = P @ o + origin
         n = np.cross(g_f, g_s)
         P_child = np.column_stack([g_f, g_s, n])
         for k, child in enumerate(node.get("children", [])):

@@ -114,7 +114,11 @@ def _str_array(names):
 
 def nxdata(parent, name, signal, axes: dict, module="mdx2.geometry", cls=None, **extra):
     """An NXdata group with @signal/@axes (plottable in NeXpy); mdx2 GridData layout."""
-    g = mdx2_group(parent, name, module, cls, nx_class="NXdata") if cls else parent.create_group(name)
+    g = (
+        mdx2_group(parent, name, module, cls, nx_class="NXdata")
+        if cls
+        else parent.create_group(name)
+    )
     if not cls:
         g.attrs["NX_class"] = "NXdata"
     g.attrs["signal"] = "signal"

@@ -94,7 +94,9 @@ def write_eiger(master: str, stack: np.ndarray, pixel_mask: np.ndarray | None = 
             **hdf5plugin.Bitshuffle(cname="lz4"),
         )
     with h5py.File(master, "w") as f:
-        f["entry/data/data_000001"] = h5py.ExternalLink(os.path.basename(data_path), "entry/data/data")
+        f["entry/data/data_000001"] = h5py.ExternalLink(
+            os.path.basename(data_path), "entry/data/data"
+        )
         if pixel_mask is not None:
             f.create_dataset(
                 "entry/instrument/detector/pixel_mask", data=np.asarray(pixel_mask, np.uint32)

@@ -3,7 +3,6 @@ import shlex
 
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
@@ -18,7 +17,9 @@ for _name, _ds in DATASETS.items():
             f"backgrounds (known: {sorted(BACKGROUNDS) or 'none'})"
         )
 for _name in set(DATASETS) & set(BACKGROUNDS):
-    raise ValueError(f"config: {_name!r} is both a dataset and a background; rename one")
+    raise ValueError(
+        f"config: {_name!r} is both a dataset and a background; rename one"
+    )
 
 
 wildcard_constraints:
@@ -49,7 +50,7 @@ def untrusted_args(name):
     specs = []
     for r in regions:
         if isinstance(r, dict):
-            (kind, vals), = r.items()
+            ((kind, vals),) = r.items()
             r = f"{kind}={','.join(str(v) for v in vals)}"
         specs.append(shlex.quote(r))
     return "--untrusted " + " ".join(specs)
@@ -58,10 +59,31 @@ def untrusted_args(name):
 def all_targets():
     targets = []
     for name, ds in DATASETS.items():
-        targets += [f"{RESULTS}/{name}/{f}" for f in ("geometry.nxs", "peaks.nxs", "mask.nxs")]
+        targets += [
+            f"{RESULTS}/{name}/{f}" for f in ("geometry.nxs", "peaks.nxs", "mask.nxs")
+        ]
         if ds.get("background"):
             targets.append(f"{RESULTS}/{ds['background']}/bkg_data_binned.nxs")
     return targets
 
 
-SCRIPTS = f"{workflow.basedir}/scripts"
+def script(name):
+    """Path of a command-line tool in scripts/ (an input, so editing it reruns its rule)."""
+    return f"{workflow.basedir}/scripts/{name}.py"
+
+
+def simulation_args(sim):
+    s = config["simulations"][sim]
+    args = [f"--preset {s['preset']}", f"--seed {s['seed']}"]
+    if "size" in s:
+        args.append(f"--size {s['size'][0]} {s['size'][1]}")
+    for key, flag in (
+        ("frames", "--frames"),
+        ("osc", "--osc"),
+        ("bkg_frames", "--bkg_frames"),
+    ):
+        if key in s:
+            args.append(f"{flag} {s[key]}")
+    if s.get("compress"):
+        args.append(f"--compress {s['compress']}")
+    return " ".join(args)
