@@ -450,7 +450,7 @@ class Simulation:
 
     def bragg_expected(self, frame: int) -> np.ndarray:
         """Noise-free Bragg photons per pixel on crystal frame ``frame`` (call prepare first)."""
-        out = np.empty(self._q.shape[:2])
+        out = np.empty(self._q.shape[1:])
         bragg_image(self._q, self._M[frame], self.r0, self._P, self._table, self._hmax, 36.0, out)
         return out
 

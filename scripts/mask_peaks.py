@@ -61,7 +61,7 @@ def main(argv):
             g.attrs["axes"] = nexus._str_array(["axis0", "axis1", "axis2"])
             for k, ax in enumerate(axes):
                 g.create_dataset(f"axis{k}", data=ax)
-            dset = nexus.create_stack(g, "signal", shape, bool, chunks, level=4, shuffle=False)
+            dset = nexus.create_stack(g, "signal", shape, bool, chunks, shuffle=False)
             writer = nexus.StackWriter(dset, threads=a.nproc)
             try:
                 write_mask(masker, axes, shape, dset.chunks, hot, a.bragg, writer, log=cli.log)

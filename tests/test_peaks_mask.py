@@ -56,7 +56,7 @@ def independent_mask(run, sigma_cutoff=3.0):
     mask = np.zeros((n, ny, nx), bool)
     absent_close = 0
     for i in range(n):
-        hkl = np.einsum("ij,yxj->yxi", geom.lab_to_hkl(phis[i]), q)
+        hkl = np.einsum("ij,jyx->yxi", geom.lab_to_hkl(phis[i]), q)
         H = np.rint(hkl)
         d = hkl - H - model.r0
         d2 = np.einsum("yxi,ij,yxj->yx", d, P, d)

@@ -16,10 +16,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 SMALL_CONFIG = {
     "results": "results",
     "threads": 2,
-    "simulations": {"tiny": {"preset": "insulin", "seed": 2, "size": [520, 420], "frames": 10,
-                             "bkg_frames": 4}},
-    "datasets": {"tiny": {"expt": "resources/simulated/tiny/crystal/sweep.expt",
-                          "background": "tiny_bkg"}},
+    "simulations": {
+        "tiny": {"preset": "insulin", "seed": 2, "size": [520, 420], "frames": 10, "bkg_frames": 4}
+    },
+    "datasets": {
+        "tiny": {"expt": "resources/simulated/tiny/crystal/sweep.expt", "background": "tiny_bkg"}
+    },
     "backgrounds": {"tiny_bkg": {"expt": "resources/simulated/tiny/background/sweep.expt"}},
     "find_peaks": {"count_threshold": 20, "sigma_cutoff": 3},
     "mask_peaks": {"sigma_cutoff": 3},
@@ -31,8 +33,7 @@ def snakemake(workdir, *args, config=None):
     cfg = Path(workdir) / "config.yaml"
     if config is not None:
         cfg.write_text(yaml.safe_dump(config))
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(cfg), "--cores", "2",
-           *args]
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(cfg), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -46,8 +47,13 @@ def planned_jobs(proc) -> dict:
 
 
 def test_lint_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr
 
 
@@ -61,11 +67,23 @@ def workflow_run(tmp_path_factory):
 
 def test_end_to_end_outputs(workflow_run):
     wd = workflow_run
-    for f in ("tiny/geometry.nxs", "tiny/data.nxs", "tiny/peaks.nxs", "tiny/mask.nxs",
-              "tiny_bkg/bkg_data.nxs", "tiny_bkg/bkg_data_binned.nxs"):
+    for f in (
+        "tiny/geometry.nxs",
+        "tiny/data.nxs",
+        "tiny/peaks.nxs",
+        "tiny/mask.nxs",
+        "tiny_bkg/bkg_data.nxs",
+        "tiny_bkg/bkg_data_binned.nxs",
+    ):
         assert (wd / "results" / f).exists(), f
-    for rule in ("import_geometry", "import_data", "find_peaks", "mask_peaks",
-                 "bin_background", "import_background"):
+    for rule in (
+        "import_geometry",
+        "import_data",
+        "find_peaks",
+        "mask_peaks",
+        "bin_background",
+        "import_background",
+    ):
         assert list((wd / "logs" / rule).glob("*.log")), rule
     for rule in ("import_data", "find_peaks", "mask_peaks", "bin_background"):
         assert list((wd / "benchmarks" / rule).glob("*.tsv")), rule
@@ -85,8 +103,9 @@ def test_end_to_end_outputs(workflow_run):
         ("bin_background", "bins", [4, 20, 20], {"bin_background"}),
     ],
 )
-def test_editing_a_parameter_reruns_only_what_it_affects(workflow_run, section, key, value,
-                                                         expected):
+def test_editing_a_parameter_reruns_only_what_it_affects(
+    workflow_run, section, key, value, expected
+):
     wd = workflow_run
     nothing = planned_jobs(snakemake(wd, "--dry-run", config=SMALL_CONFIG))
     assert set(nothing) <= {"all"} or not nothing
@@ -102,11 +121,12 @@ def test_editing_a_parameter_reruns_only_what_it_affects(workflow_run, section, 
     [
         (lambda c: c.update(colour="blue"), "colour"),
         (lambda c: c["find_peaks"].update(count_threshold=-3), "count_threshold"),
-        (lambda c: c["datasets"].update({"bad name; rm -rf /": {"expt": "x.expt"}}),
-         "bad name; rm -rf /"),
+        (
+            lambda c: c["datasets"].update({"bad name; rm -rf /": {"expt": "x.expt"}}),
+            "bad name; rm -rf /",
+        ),
         (lambda c: c["datasets"]["tiny"].update(background="nowhere"), "nowhere"),
-        (lambda c: c["datasets"]["tiny"].update(expt="missing/sweep.expt"),
-         "missing/sweep.expt"),
+        (lambda c: c["datasets"]["tiny"].update(expt="missing/sweep.expt"), "missing/sweep.expt"),
     ],
 )
 def test_bad_config_is_refused_before_any_job(tmp_path, mutate, message):
@@ -124,5 +144,3 @@ def test_profiles_are_valid_yaml():
         assert isinstance(cfg, dict)
     slurm = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert slurm["executor"] == "slurm" and slurm["slurm-status-command"] == "squeue"
-
-

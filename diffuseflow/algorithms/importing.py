@@ -233,7 +233,7 @@ def write_data(
                     slab = np.empty((stop - start, ny, nx), np.int32)
 
                     def load(i, slab=slab, start=start):
-                        slab[i - start] = reader.read(i)
+                        reader.read(i, out=slab[i - start])
 
                     list(pool.map(load, range(start, stop)))
                     writer.write(start, slab)

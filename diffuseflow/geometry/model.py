@@ -17,6 +17,7 @@ import math
 import gemmi
 import numpy as np
 
+from diffuseflow.geometry.kernels import pixel_to_lab
 from diffuseflow.io.expt import Experiment
 
 
@@ -84,20 +85,17 @@ class SweepGeometry:
     def lab_position(self, iy, ix) -> np.ndarray:
         """Lab position (mm) of pixel indices (iy, ix) (broadcast), parallax-corrected."""
         p = self.panel
-        x = (np.asarray(ix, float) + self.pixel_offset) * p.pixel_size[0]
-        y = (np.asarray(iy, float) + self.pixel_offset) * p.pixel_size[1]
+        x = np.asarray(ix, float) + self.pixel_offset
+        y = np.asarray(iy, float) + self.pixel_offset
         x, y = np.broadcast_arrays(x, y)
-        f, s = p.fast_axis, p.slow_axis
-        if p.parallax:
-            # dxtbx's approximate inverse parallax correction (ParallaxCorrectedPxMmStrategy)
-            v = p.origin + x[..., None] * f + y[..., None] * s
-            u = v / np.linalg.norm(v, axis=-1, keepdims=True)
-            cos_t = u @ p.normal
-            mu, t0 = p.mu, p.thickness
-            depth = 1 / mu - (t0 / cos_t + 1 / mu) * np.exp(-mu * t0 / cos_t)
-            x = x - (u @ f) * depth
-            y = y - (u @ s) * depth
-        return p.origin + x[..., None] * f + y[..., None] * s
+        out = np.empty(x.shape + (3,))
+        pixel_to_lab(
+            np.ascontiguousarray(x).reshape(-1),
+            np.ascontiguousarray(y).reshape(-1),
+            p.pixel_size[0], p.pixel_size[1], p.origin, p.fast_axis, p.slow_axis, p.normal,
+            p.parallax, p.mu, p.thickness, out.reshape(-1, 3),
+        )  # fmt: skip
+        return out
 
     def scattering_vector(self, iy, ix) -> np.ndarray:
         """s1 - s0 in the lab frame (1/Angstrom) at pixel indices (iy, ix)."""
@@ -105,10 +103,20 @@ class SweepGeometry:
         s1 = xyz / (np.linalg.norm(xyz, axis=-1, keepdims=True) * self.wavelength)
         return s1 - self.s0
 
-    def scattering_vector_image(self) -> np.ndarray:
-        """s1 - s0 for every pixel of the panel, shape (ny, nx, 3), float64."""
+    def scattering_vector_image(self, rows_per_block: int = 64) -> np.ndarray:
+        """s1 - s0 for every pixel of the panel as three planes, shape (3, ny, nx), float64.
+
+        Planes (not interleaved xyz) so that the per-pixel kernels read unit-stride rows.
+        Computed a block of rows at a time: temporaries stay in cache and the peak memory is
+        the result plus a few blocks, not several full-detector arrays.
+        """
         ny, nx = self.shape
-        return self.scattering_vector(np.arange(ny)[:, None], np.arange(nx)[None, :])
+        out = np.empty((3, ny, nx))
+        ix = np.arange(nx)[None, :]
+        for y0 in range(0, ny, rows_per_block):
+            iy = np.arange(y0, min(y0 + rows_per_block, ny))[:, None]
+            out[:, y0 : y0 + len(iy)] = np.moveaxis(self.scattering_vector(iy, ix), -1, 0)
+        return out
 
     # -- rotation ---------------------------------------------------------------------------
 

@@ -14,11 +14,26 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from diffuseflow.errors import InputError
 from diffuseflow.io.expt import Experiment
 
 INVALID = -1
+
+
+@njit(cache=True, nogil=True)
+def _to_int32_marked(raw, static_invalid, lo, hi, out):
+    """out = raw as int32, or -1 where static_invalid or raw outside [lo, hi]: one pass."""
+    ny, nx = raw.shape
+    for j in range(ny):
+        for i in range(nx):
+            v = raw[j, i]
+            if static_invalid[j, i] or v < lo or v > hi:
+                out[j, i] = -1
+            else:
+                out[j, i] = v
+
 
 _COMPRESSED = (".bz2", ".gz")
 
@@ -244,16 +259,12 @@ class FrameReader:
             )
         return data
 
-    def read(self, index: int) -> np.ndarray:
-        """Frame ``index`` as int32, -1 where invalid."""
-        raw = self.read_raw(index)
-        invalid = self.static_invalid | (raw < self.lo) | (raw > self.hi)
-        out = raw.astype(np.int32, copy=raw.dtype != np.int32)
-        out[invalid] = INVALID
-        return out
-
-    def read_slab(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start,) + self.shape, np.int32)
-        for i in range(start, stop):
-            out[i - start] = self.read(i)
+    def read(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frame ``index`` as int32, -1 where invalid (written into ``out`` if given)."""
+        raw = np.ascontiguousarray(self.read_raw(index))
+        out = np.empty(self.shape, np.int32) if out is None else out
+        lo, hi = max(self.lo, -(2**31)), min(self.hi, 2**31 - 1)
+        if raw.dtype.kind not in "iu":
+            raise InputError(f"{self.path_of(index)}: pixel type {raw.dtype} is not integer")
+        _to_int32_marked(raw, self.static_invalid, lo, hi, out)
         return out
