@@ -46,20 +46,18 @@ def main(argv):
     geomfile.check_convention(a.mdx2_compat)
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
         geomfile.check_matches(series)
-        sug = suggest_threshold(series, pool=pool)
-        cli.log(
-            f"Background level: median {sug['median']:g}, p90 {sug['p90']:g}, "
-            f"p99 {sug['p99']:g} counts; suggested count_threshold {sug['threshold']:g}"
-        )
-        threshold = sug["threshold"] if a.count_threshold == "auto" else a.count_threshold
-        model, outliers, (phi, iy, ix), _ = find_peaks(
+        threshold = a.count_threshold
+        if threshold == "auto":  # needs the background level before the search
+            threshold = suggest_threshold(series, pool=pool)["threshold"]
+            cli.log(f"count_threshold auto: {threshold:g}")
+        model, outliers, (phi, iy, ix), stats = find_peaks(
             geomfile, series, threshold, a.sigma_cutoff, a.mdx2_compat, pool, log=cli.log
         )
     params = {
         "count_threshold": threshold,
         "count_threshold_requested": a.count_threshold,
-        "suggested_count_threshold": sug["threshold"],
-        "background_median": sug["median"],
+        "suggested_count_threshold": stats["threshold"],
+        "background_median": stats["median"],
         "sigma_cutoff": a.sigma_cutoff,
         "mdx2_compat": a.mdx2_compat,
     }

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from diffuseflow.errors import InputError
 
@@ -63,21 +64,50 @@ def check_valid_range(valid_range):
     return float(lo), float(hi)
 
 
+@njit(cache=True, nogil=True)
+def _accumulate(data, exposure, lo, hi, mask, use_mask, ybin, xbin, counts, n, secs):
+    """One pass over a slab: sum valid counts, valid pixels and their seconds per (y, x) bin."""
+    for f in range(data.shape[0]):
+        t = exposure[f]
+        for y in range(data.shape[1]):
+            by = ybin[y]
+            for x in range(data.shape[2]):
+                v = data[f, y, x]
+                if v == -1 or v < lo or v > hi:
+                    continue
+                if use_mask and mask[f, y, x]:
+                    continue
+                bx = xbin[x]
+                counts[by, bx] += v
+                n[by, bx] += 1
+                secs[by, bx] += t
+
+
 def bin_slab(data, exposure, valid_range, mask, ys, xs):
     """Sum a slab (frames, ny, nx) into (ny_bins, nx_bins) counts, n_valid and seconds."""
-    valid = data != -1
-    if valid_range is not None:
-        valid &= (data >= valid_range[0]) & (data <= valid_range[1])
-    if mask is not None:
-        valid &= ~mask
-    counts = np.where(valid, data, 0).sum(axis=0, dtype=np.int64)
-    n = valid.sum(axis=0, dtype=np.int64)
-    secs = np.tensordot(np.asarray(exposure, float), valid, axes=(0, 0))
-
-    def reduce2(a):
-        return np.add.reduceat(np.add.reduceat(a, ys[:-1], axis=0), xs[:-1], axis=1)
-
-    return reduce2(counts), reduce2(n), reduce2(secs)
+    ybin = np.repeat(np.arange(len(ys) - 1), np.diff(ys))
+    xbin = np.repeat(np.arange(len(xs) - 1), np.diff(xs))
+    shape = (len(ys) - 1, len(xs) - 1)
+    counts = np.zeros(shape, np.int64)
+    n = np.zeros(shape, np.int64)
+    secs = np.zeros(shape)
+    lo, hi = valid_range if valid_range is not None else (-np.inf, np.inf)
+    use_mask = mask is not None
+    m = mask if use_mask else np.zeros((1, 1, 1), np.bool_)
+    _accumulate(
+        data,
+        np.asarray(exposure, float),
+        float(lo),
+        float(hi),
+        m,
+        use_mask,
+        ybin,
+        xbin,
+        counts,
+        n,
+        secs,
+    )
+    return counts, n, secs
 
 
 def section_means(axis, starts):

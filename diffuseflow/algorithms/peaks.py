@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from diffuseflow.errors import InputError
 from diffuseflow.geometry.kernels import interpolate_grid
@@ -40,13 +41,92 @@ class PeakModel:
         return s, u.T
 
 
-def hot_pixels(slab: np.ndarray, start: int, threshold: float):
-    """(frame, iy, ix) of pixels with value > threshold in a slab; -1 pixels never qualify."""
-    f, y, x = np.nonzero(slab > threshold)
-    if threshold < -1:  # keep invalid pixels out whatever the threshold
-        keep = slab[f, y, x] != -1
-        f, y, x = f[keep], y[keep], x[keep]
-    return f + start, y, x
+#: counts at or above this share the histogram's last bin (only low percentiles are needed)
+HIST_BINS = 1 << 16
+
+
+#: histogram every HIST_STRIDE-th pixel along x: ~10^7 samples per sweep are plenty for a median
+HIST_STRIDE = 8
+
+
+@njit(cache=True, nogil=True)
+def _scan(slab, threshold, hist, fs, ys, xs):
+    """One pass over a slab: count valid pixels, record pixels > threshold into (fs, ys, xs)
+    while they fit, and histogram every HIST_STRIDE-th valid value. Returns (valid, hot)."""
+    n_valid = 0
+    n_hot = 0
+    cap = fs.shape[0]
+    top = hist.shape[0] - 1
+    for f in range(slab.shape[0]):
+        for y in range(slab.shape[1]):
+            row = slab[f, y]
+            for x in range(row.shape[0]):
+                v = row[x]
+                if v < 0:
+                    continue
+                n_valid += 1
+                if v > threshold:
+                    if n_hot < cap:
+                        fs[n_hot] = f
+                        ys[n_hot] = y
+                        xs[n_hot] = x
+                    n_hot += 1
+            for x in range(0, row.shape[0], HIST_STRIDE):
+                v = row[x]
+                if v >= 0:
+                    hist[min(v, top)] += 1
+    return n_valid, n_hot
+
+
+@njit(cache=True, nogil=True)
+def _hot(slab, threshold, n_hot):
+    fs = np.empty(n_hot, np.int64)
+    ys = np.empty(n_hot, np.int64)
+    xs = np.empty(n_hot, np.int64)
+    k = 0
+    for f in range(slab.shape[0]):
+        for y in range(slab.shape[1]):
+            for x in range(slab.shape[2]):
+                if slab[f, y, x] > threshold:
+                    fs[k] = f
+                    ys[k] = y
+                    xs[k] = x
+                    k += 1
+    return fs, ys, xs
+
+
+def scan_slab(slab: np.ndarray, start: int, threshold: float, hist: np.ndarray):
+    """Hot pixels (frame, iy, ix) of a slab in C order (value > threshold; -1 never counts),
+    the number of valid pixels, and the value histogram accumulated into ``hist``."""
+    t = float(max(threshold, -1.0))
+    cap = max(1024, slab.size // 256)  # room for 0.4 % hot pixels; recount exactly beyond
+    buf = [np.empty(cap, np.int64) for _ in range(3)]
+    n_valid, n_hot = _scan(slab, t, hist, *buf)
+    if n_hot <= cap:
+        f, y, x = (b[:n_hot] for b in buf)
+    else:
+        f, y, x = _hot(slab, t, n_hot)
+    return (f + start, y, x), n_valid
+
+
+def histogram_stats(hist: np.ndarray) -> dict:
+    """Median and percentiles of the valid counts from their histogram, and the threshold
+    suggestion: 10 x the median (the mdx2 tutorial's rule of thumb), at least 10 counts."""
+    total = hist.sum()
+    if total == 0:
+        raise InputError("no valid pixels to estimate the background from")
+    cdf = np.cumsum(hist)
+
+    def pct(p):
+        return float(np.searchsorted(cdf, p / 100 * total, side="left"))
+
+    median = pct(50)
+    return {
+        "median": median,
+        "p90": pct(90),
+        "p99": pct(99),
+        "threshold": float(max(10.0, round(10 * median))),
+    }
 
 
 def fractional_offsets(hkl: np.ndarray) -> np.ndarray:
@@ -92,30 +172,22 @@ def points_hkl(geomfile, mdx2_compat: bool, phi, iy, ix) -> np.ndarray:
 
 
 def suggest_threshold(series, max_slabs: int = 3, pool=None) -> dict:
-    """Background level from a few slabs spread over the sweep, and a count threshold of
-    10 x that level (the mdx2 tutorial's rule of thumb), at least 10 counts."""
+    """Background statistics from a few slabs spread over the sweep (for ``auto``)."""
     slabs = series.slabs()
     picks = np.unique(np.linspace(0, len(slabs) - 1, min(len(slabs), max_slabs)).round())
-    values = []
+    hist = np.zeros(HIST_BINS, np.int64)
+    empty = np.empty(0, np.int64)
     for k in picks.astype(int):
-        slab = series.read(*slabs[k], pool)
-        values.append(slab[slab >= 0][::7])  # a subsample keeps the statistics cheap
-    v = np.concatenate(values)
-    if v.size == 0:
+        _scan(series.read(*slabs[k], pool), np.inf, hist, empty, empty, empty)
+    if hist.sum() == 0:
         raise InputError(f"{series.path}: every pixel of the sampled frames is invalid (-1)")
-    median = float(np.median(v))
-    return {
-        "median": median,
-        "p90": float(np.percentile(v, 90)),
-        "p99": float(np.percentile(v, 99)),
-        "threshold": float(max(10.0, round(10 * median))),
-    }
+    return histogram_stats(hist)
 
 
 def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, pool=None, log=print):
     """Search every slab for hot pixels, index them and fit the peak model.
 
-    Returns (model, outliers, (phi, iy, ix) of every hot pixel, offsets).
+    Returns (model, outliers, (phi, iy, ix) of every hot pixel, background statistics).
     """
     if count_threshold < 0:
         raise InputError(f"count_threshold must be >= 0, is {count_threshold}")
@@ -123,21 +195,26 @@ def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, poo
         raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
     frames, ys, xs = [], [], []
     n_valid = 0
-    for start, stop in series.slabs():
-        slab = series.read(start, stop, pool)
-        n_valid += int(np.count_nonzero(slab != -1))
-        f, y, x = hot_pixels(slab, start, count_threshold)
+    hist = np.zeros(HIST_BINS, np.int64)
+    for (start, stop), slab in series.iter_slabs(pool):
+        (f, y, x), k = scan_slab(slab, start, count_threshold, hist)
+        n_valid += k
         log(f"frames {start} to {stop - 1}: {len(f)} peak pixels")
         frames.append(f)
         ys.append(y)
         xs.append(x)
     if n_valid == 0:
         raise InputError(f"{series.path}: every pixel is invalid (-1); nothing to search")
+    stats = histogram_stats(hist)
+    log(
+        f"Background level: median {stats['median']:g}, p90 {stats['p90']:g}, "
+        f"p99 {stats['p99']:g} counts; suggested count_threshold {stats['threshold']:g}"
+    )
     f, y, x = (np.concatenate(a) for a in (frames, ys, xs))
     if len(f) == 0:
         raise InputError(
             f"{series.path}: no pixel above count_threshold {count_threshold:g}; lower it "
-            "(see the suggested threshold above)"
+            f"(suggested: {stats['threshold']:g})"
         )
     log(f"Found {len(f)} peak pixels ({len(f) / n_valid:.3g} of valid pixels)")
     phi = series.phi[f]
@@ -150,4 +227,4 @@ def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, poo
     log("Error ellipsoid semi-axis lengths: " + ", ".join(f"{v:.6f}" for v in s))
     for k, a in enumerate(axes, 1):
         log(f"  principal axis {k}: ({', '.join(f'{v:.6f}' for v in a)})")
-    return model, outliers, (phi, iy, ix), offsets
+    return model, outliers, (phi, iy, ix), stats

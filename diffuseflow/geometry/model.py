@@ -168,7 +168,9 @@ class SweepGeometry:
             np.asarray(phi, float), np.asarray(iy, float), np.asarray(ix, float)
         )
         q = self.scattering_vector(iy, ix)
-        M = self.lab_to_hkl(phi)
+        # one matrix per distinct angle: peak pixels share a few hundred frame angles
+        uniq, inverse = np.unique(phi, return_inverse=True)
+        M = self.lab_to_hkl(uniq)[inverse.reshape(phi.shape)]
         return np.einsum("...ij,...j->...i", M, q)
 
     def frame_matrices(self) -> np.ndarray:

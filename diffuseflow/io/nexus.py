@@ -308,6 +308,23 @@ class ImageSeries:
     def read(self, start: int, stop: int, pool=None) -> np.ndarray:
         return read_slab(self.data, start, stop, pool)
 
+    def iter_slabs(self, pool=None, frames_per_slab: int | None = None):
+        """Yield ((start, stop), slab) in order. With a pool of >= 2 threads, a coordinating
+        thread reads the next slab (decoding its chunks on the pool) while the caller works on
+        the current one; at most two slabs are in memory."""
+        bounds = self.slabs(frames_per_slab)
+        if pool is None or getattr(pool, "_max_workers", 1) < 2:
+            for b in bounds:
+                yield b, self.read(*b, pool)
+            return
+        with ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(self.read, *bounds[0], pool) if bounds else None
+            for k, b in enumerate(bounds):
+                slab = ahead.result()
+                if k + 1 < len(bounds):
+                    ahead = reader.submit(self.read, *bounds[k + 1], pool)
+                yield b, slab
+
     def close(self):
         self.file.close()
 
