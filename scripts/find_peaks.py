@@ -5,13 +5,23 @@ Every pixel above --count_threshold (invalid pixels ignored) is indexed; its fra
 offsets (dh, dk, dl) form a cloud, to which a 3-D anisotropic Gaussian is fitted (r0 and
 covariance); points beyond --sigma_cutoff are flagged as outliers and the model refitted once.
 --count_threshold auto estimates the background level and uses 10x it.
+
+For a sweep split over jobs: run with --frames START STOP per frame run (search only, writes a
+partial file), then once with --gather PART ... to fit; the result equals a single run.
 """
 
 from concurrent.futures import ThreadPoolExecutor
 
 from diffuseflow import cli
 from diffuseflow.algorithms.importing import GeometryFile
-from diffuseflow.algorithms.peaks import find_peaks, suggest_threshold
+from diffuseflow.algorithms.peaks import (
+    HotPixels,
+    fit_hot_pixels,
+    read_hot_pixels,
+    search_hot_pixels,
+    suggest_threshold,
+    write_hot_pixels,
+)
 from diffuseflow.errors import InputError
 from diffuseflow.io import nexus
 
@@ -32,27 +42,65 @@ def main(argv):
     p.add_argument(
         "--count_threshold",
         type=threshold_arg,
-        required=True,
-        help="pixels with counts > this are peak pixels; 'auto' = 10x background",
+        help="pixels with counts > this are peak pixels; 'auto' = 10x background "
+        "(required unless --gather)",
     )
     p.add_argument("--sigma_cutoff", type=float, default=3.0)
+    p.add_argument(
+        "--frames",
+        type=int,
+        nargs=2,
+        metavar=("START", "STOP"),
+        help="search only frames [START, STOP) and write a partial file (no fit)",
+    )
+    p.add_argument(
+        "--gather",
+        nargs="+",
+        metavar="PART",
+        help="fit the peak model from partial files written with --frames",
+    )
     p.add_argument("--outfile", default="peaks.nxs")
     cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.set_threads(a.nproc)
     if not a.sigma_cutoff > 0:
         raise InputError(f"--sigma_cutoff must be > 0, is {a.sigma_cutoff}")
+    if a.gather and (a.frames or a.count_threshold is not None):
+        raise InputError(
+            "--gather takes the threshold from the partial files; drop --frames/--count_threshold"
+        )
+    if not a.gather and a.count_threshold is None:
+        raise InputError("--count_threshold is required (a number or 'auto')")
     geomfile = GeometryFile(a.geom)
     geomfile.check_convention(a.mdx2_compat)
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
         geomfile.check_matches(series)
-        threshold = a.count_threshold
-        if threshold == "auto":  # needs the background level before the search
-            threshold = suggest_threshold(series, pool=pool)["threshold"]
-            cli.log(f"count_threshold auto: {threshold:g}")
-        model, outliers, (phi, iy, ix), stats = find_peaks(
-            geomfile, series, threshold, a.sigma_cutoff, a.mdx2_compat, pool, log=cli.log
-        )
+        phi_axis = series.phi
+        if a.gather:
+            hot = HotPixels.concat([read_hot_pixels(part) for part in a.gather])
+            if hot.frames != (0, series.shape[0]):
+                raise InputError(
+                    f"partial searches cover frames {hot.frames}, not the whole "
+                    f"sweep (0, {series.shape[0]})"
+                )
+            threshold = hot.threshold
+        else:
+            threshold = a.count_threshold
+            if threshold == "auto":  # needs the background level before the search
+                threshold = suggest_threshold(series, pool=pool)["threshold"]
+                cli.log(f"count_threshold auto: {threshold:g}")
+            hot = search_hot_pixels(series, threshold, a.frames, pool, log=cli.log)
+    inputs = [a.geom, a.data, *(a.gather or [])]
+    if a.frames:
+        params = {"count_threshold": threshold, "frames": a.frames}
+        with nexus.atomic_output(a.outfile) as tmp:
+            with nexus.new_file(tmp, "find_peaks --frames", params, inputs) as f:
+                write_hot_pixels(f["entry"], hot, phi_axis)
+        cli.log(f"frames {a.frames[0]} to {a.frames[1] - 1}: {len(hot.frame)} peak pixels")
+        return
+    model, outliers, (phi, iy, ix), stats = fit_hot_pixels(
+        geomfile, hot, phi_axis, a.sigma_cutoff, a.mdx2_compat, a.data, log=cli.log
+    )
     params = {
         "count_threshold": threshold,
         "count_threshold_requested": a.count_threshold,
@@ -62,7 +110,7 @@ def main(argv):
         "mdx2_compat": a.mdx2_compat,
     }
     with nexus.atomic_output(a.outfile) as tmp:
-        with nexus.new_file(tmp, "find_peaks", params, [a.geom, a.data]) as f:
+        with nexus.new_file(tmp, "find_peaks", params, inputs) as f:
             nexus.write_peak_model(f["entry"], model.r0, model.sigma)
             nexus.write_peaks(f["entry"], "peaks", phi, iy, ix)
             nexus.write_peaks(f["entry"], "outliers", phi[outliers], iy[outliers], ix[outliers])

@@ -30,6 +30,12 @@ def main(argv):
         help="untrusted regions, DIALS syntax: circle=x,y,r rectangle=x0,x1,y0,y1 "
         "(x fast, y slow, pixels)",
     )
+    p.add_argument(
+        "--reader",
+        choices=["builtin", "dxtbx"],
+        default="builtin",
+        help="image reader: built-in (fabio/h5py, default) or dxtbx (needs DIALS)",
+    )
     p.add_argument("--outfile", default="data.nxs")
     cli.add_nproc(p)
     a = p.parse_args(argv)
@@ -37,7 +43,9 @@ def main(argv):
     regions = parse_untrusted(a.untrusted, "--untrusted")
     expt = read_expt(a.expt)
     cli.log(geometry_summary(expt) if expt.crystal else f"{expt.scan.num_images} frames")
-    write_data(expt, a.outfile, a.chunks, regions, a.nproc, {"expt": a.expt}, log=cli.log)
+    write_data(
+        expt, a.outfile, a.chunks, regions, a.nproc, {"expt": a.expt}, log=cli.log, reader=a.reader
+    )
 
 
 if __name__ == "__main__":

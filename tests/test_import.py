@@ -225,3 +225,33 @@ def test_help_works_for_every_script():
     ]:
         proc = run_script(s, "--help")
         assert "usage" in proc.stdout and "--mdx2_compat" in proc.stdout
+
+
+def test_dxtbx_reader_only_when_importable(small_sweep):
+    import importlib.util
+
+    out = small_sweep / "data.nxs"
+    proc = run_script(
+        "import_data",
+        small_sweep / "crystal/sweep.expt",
+        "--reader",
+        "dxtbx",
+        "--outfile",
+        out,
+        check=False,
+    )
+    if importlib.util.find_spec("dxtbx") is None:
+        assert_user_error(proc, "dxtbx is not importable")
+        assert not out.exists()
+    else:  # with DIALS installed, dxtbx's frames equal the built-in reader's
+        assert proc.returncode == 0, proc.stderr
+        run_script(
+            "import_data",
+            small_sweep / "crystal/sweep.expt",
+            "--outfile",
+            small_sweep / "builtin.nxs",
+        )
+        with h5py.File(out) as a, h5py.File(small_sweep / "builtin.nxs") as b:
+            np.testing.assert_array_equal(
+                a["entry/image_series/data"][()], b["entry/image_series/data"][()]
+            )

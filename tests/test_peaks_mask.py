@@ -268,3 +268,56 @@ def test_auto_threshold(insulin_run, tmp_path):
         tmp_path / "p.nxs",
     )
     assert "suggested count_threshold 10" in proc.stdout  # 10 x median background of ~1
+
+
+def test_slab_jobs_then_gather_equal_a_single_run(insulin_run, tmp_path):
+    """The sweep split into frame runs (as separate jobs would do), then one gather-and-fit."""
+    d = insulin_run
+    parts = []
+    for a, b in [(0, 7), (7, 20), (20, 30)]:  # deliberately not chunk-aligned
+        part = tmp_path / f"part_{a}.nxs"
+        run_script(
+            "find_peaks",
+            d / "geometry.nxs",
+            d / "data.nxs",
+            "--count_threshold",
+            20,
+            "--frames",
+            a,
+            b,
+            "--outfile",
+            part,
+        )
+        parts.append(part)
+    run_script(
+        "find_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        "--gather",
+        *parts[::-1],
+        "--outfile",
+        tmp_path / "gathered.nxs",
+    )
+    with h5py.File(tmp_path / "gathered.nxs") as a, h5py.File(d / "peaks.nxs") as b:
+        for key in (
+            "peak_model/r0",
+            "peak_model/sigma",
+            "peaks/observed_phi",
+            "peaks/observed_px_y",
+            "peaks/observed_px_x",
+            "outliers/observed_px_x",
+        ):
+            np.testing.assert_array_equal(a[f"entry/{key}"][()], b[f"entry/{key}"][()])
+    # a missing run is refused
+    proc = run_script(
+        "find_peaks",
+        d / "geometry.nxs",
+        d / "data.nxs",
+        "--gather",
+        parts[0],
+        parts[2],
+        "--outfile",
+        tmp_path / "bad.nxs",
+        check=False,
+    )
+    assert proc.returncode == 2 and "do not tile the sweep" in proc.stderr

@@ -14,7 +14,7 @@ from diffuseflow.geometry.model import SweepGeometry, air_attenuation_per_mm, un
 from diffuseflow.geometry.symmetry import space_group_from_hall, symmetry_fields
 from diffuseflow.io import nexus
 from diffuseflow.io.expt import Experiment, experiment_from_text, experiment_to_dict
-from diffuseflow.io.images import FrameReader, Region
+from diffuseflow.io.images import Region, frame_reader
 
 #: keep one slab of frames (the unit of work) under this many bytes by default
 SLAB_BYTES = 256 * 2**20
@@ -202,9 +202,10 @@ def write_data(
     nproc: int = 1,
     parameters: dict | None = None,
     log=print,
+    reader: str = "builtin",
 ):
     """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid)."""
-    reader = FrameReader(expt, untrusted)
+    frames = frame_reader(expt, untrusted, reader)
     n = expt.scan.num_images
     ny, nx = expt.panel.shape
     chunks = resolve_chunks(expt, chunks)
@@ -215,6 +216,7 @@ def write_data(
         parameters or {},
         chunks=list(chunks),
         untrusted=[f"{r.kind}={','.join(f'{v:g}' for v in r.values)}" for r in untrusted or []],
+        reader=reader,
     )
     inputs = [expt.path]
     with nexus.atomic_output(outfile) as tmp, ThreadPoolExecutor(max(1, nproc)) as pool:
@@ -233,7 +235,7 @@ def write_data(
                     slab = np.empty((stop - start, ny, nx), np.int32)
 
                     def load(i, slab=slab, start=start):
-                        reader.read(i, out=slab[i - start])
+                        frames.read(i, out=slab[i - start])
 
                     list(pool.map(load, range(start, stop)))
                     writer.write(start, slab)

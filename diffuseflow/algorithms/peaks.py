@@ -15,6 +15,7 @@ from numba import njit
 
 from diffuseflow.errors import InputError
 from diffuseflow.geometry.kernels import interpolate_grid
+from diffuseflow.io import nexus
 
 
 @dataclass
@@ -184,41 +185,89 @@ def suggest_threshold(series, max_slabs: int = 3, pool=None) -> dict:
     return histogram_stats(hist)
 
 
-def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, pool=None, log=print):
-    """Search every slab for hot pixels, index them and fit the peak model.
+@dataclass
+class HotPixels:
+    """Result of the search over a run of frames: peak pixels (global frame index, iy, ix in C
+    order), the number of valid pixels searched and the histogram of their values."""
 
-    Returns (model, outliers, (phi, iy, ix) of every hot pixel, background statistics).
-    """
+    frame: np.ndarray
+    iy: np.ndarray
+    ix: np.ndarray
+    n_valid: int
+    hist: np.ndarray
+    threshold: float
+    frames: tuple[int, int]
+
+    @classmethod
+    def concat(cls, parts: list[HotPixels]) -> HotPixels:
+        """Join searches of consecutive frame runs (a sweep split into slab jobs)."""
+        if not parts:
+            raise InputError("no partial searches to gather")
+        parts = sorted(parts, key=lambda p: p.frames[0])
+        for a, b in zip(parts[:-1], parts[1:], strict=True):
+            if a.frames[1] != b.frames[0]:
+                raise InputError(
+                    f"partial searches do not tile the sweep: frames {a.frames} then {b.frames}"
+                )
+            if a.threshold != b.threshold:
+                raise InputError(
+                    f"partial searches used different count_threshold ({a.threshold:g}, "
+                    f"{b.threshold:g})"
+                )
+        return cls(
+            np.concatenate([p.frame for p in parts]),
+            np.concatenate([p.iy for p in parts]),
+            np.concatenate([p.ix for p in parts]),
+            sum(p.n_valid for p in parts),
+            np.sum([p.hist for p in parts], axis=0),
+            parts[0].threshold,
+            (parts[0].frames[0], parts[-1].frames[1]),
+        )
+
+
+def search_hot_pixels(series, count_threshold, frame_range=None, pool=None, log=print):
+    """Scan the frames [start, stop) of an image series (default: all) for peak pixels."""
     if count_threshold < 0:
         raise InputError(f"count_threshold must be >= 0, is {count_threshold}")
-    if not sigma_cutoff > 0:
-        raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
     frames, ys, xs = [], [], []
     n_valid = 0
     hist = np.zeros(HIST_BINS, np.int64)
-    for (start, stop), slab in series.iter_slabs(pool):
+    for (start, stop), slab in series.iter_slabs(pool, frame_range=frame_range):
         (f, y, x), k = scan_slab(slab, start, count_threshold, hist)
         n_valid += k
         log(f"frames {start} to {stop - 1}: {len(f)} peak pixels")
         frames.append(f)
         ys.append(y)
         xs.append(x)
-    if n_valid == 0:
-        raise InputError(f"{series.path}: every pixel is invalid (-1); nothing to search")
-    stats = histogram_stats(hist)
+    rng = frame_range or (0, series.shape[0])
+    f, y, x = (np.concatenate(a) if a else np.empty(0, np.int64) for a in (frames, ys, xs))
+    return HotPixels(f, y, x, n_valid, hist, float(count_threshold), tuple(rng))
+
+
+def fit_hot_pixels(
+    geomfile, hot: HotPixels, phi_axis, sigma_cutoff, mdx2_compat, source, log=print
+):
+    """Index the peak pixels and fit the peak model (the gather step).
+
+    Returns (model, outliers, (phi, iy, ix) of every hot pixel, background statistics).
+    """
+    if not sigma_cutoff > 0:
+        raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
+    if hot.n_valid == 0:
+        raise InputError(f"{source}: every pixel is invalid (-1); nothing to search")
+    stats = histogram_stats(hot.hist)
     log(
         f"Background level: median {stats['median']:g}, p90 {stats['p90']:g}, "
         f"p99 {stats['p99']:g} counts; suggested count_threshold {stats['threshold']:g}"
     )
-    f, y, x = (np.concatenate(a) for a in (frames, ys, xs))
-    if len(f) == 0:
+    if len(hot.frame) == 0:
         raise InputError(
-            f"{series.path}: no pixel above count_threshold {count_threshold:g}; lower it "
+            f"{source}: no pixel above count_threshold {hot.threshold:g}; lower it "
             f"(suggested: {stats['threshold']:g})"
         )
-    log(f"Found {len(f)} peak pixels ({len(f) / n_valid:.3g} of valid pixels)")
-    phi = series.phi[f]
-    iy, ix = y.astype(float), x.astype(float)
+    log(f"Found {len(hot.frame)} peak pixels ({len(hot.frame) / hot.n_valid:.3g} of valid pixels)")
+    phi = np.asarray(phi_axis)[hot.frame]
+    iy, ix = hot.iy.astype(float), hot.ix.astype(float)
     offsets = fractional_offsets(points_hkl(geomfile, mdx2_compat, phi, iy, ix))
     model, outliers = fit_peak_model(offsets, sigma_cutoff)
     log(f"Rejected {int(outliers.sum())} outliers ({outliers.mean():.2%})")
@@ -228,3 +277,38 @@ def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, poo
     for k, a in enumerate(axes, 1):
         log(f"  principal axis {k}: ({', '.join(f'{v:.6f}' for v in a)})")
     return model, outliers, (phi, iy, ix), stats
+
+
+def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, pool=None, log=print):
+    """Search every slab for hot pixels, index them and fit the peak model (one process)."""
+    if not sigma_cutoff > 0:
+        raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
+    hot = search_hot_pixels(series, count_threshold, None, pool, log)
+    return fit_hot_pixels(geomfile, hot, series.phi, sigma_cutoff, mdx2_compat, series.path, log)
+
+
+def write_hot_pixels(entry, hot, phi_axis):
+    """A partial find_peaks result (one frame run): peak pixels in mdx2's Peaks layout plus
+    what the gather step needs (valid pixels, value histogram, threshold, frame run)."""
+    nexus.write_peaks(entry, "peaks", np.asarray(phi_axis)[hot.frame], hot.iy, hot.ix)
+    g = entry.create_group("diffuseflow_search")
+    g.create_dataset("frame", data=hot.frame)
+    g.create_dataset("n_valid", data=np.int64(hot.n_valid))
+    g.create_dataset("histogram", data=hot.hist, compression="gzip", shuffle=True)
+    g.create_dataset("count_threshold", data=hot.threshold)
+    g.create_dataset("frames", data=np.asarray(hot.frames, np.int64))
+
+
+def read_hot_pixels(path):
+    with nexus.open_input(path, "a partial find_peaks file", ["peaks", "diffuseflow_search"]) as f:
+        g = f["entry/diffuseflow_search"]
+        p = f["entry/peaks"]
+        return HotPixels(
+            g["frame"][()],
+            p["observed_px_y"][()].astype(np.int64),
+            p["observed_px_x"][()].astype(np.int64),
+            int(g["n_valid"][()]),
+            g["histogram"][()],
+            float(g["count_threshold"][()]),
+            tuple(int(v) for v in g["frames"][()]),
+        )

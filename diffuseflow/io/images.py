@@ -268,3 +268,54 @@ class FrameReader:
             raise InputError(f"{self.path_of(index)}: pixel type {raw.dtype} is not integer")
         _to_int32_marked(raw, self.static_invalid, lo, hi, out)
         return out
+
+
+class DxtbxFrameReader(FrameReader):
+    """Frames through dxtbx's own format classes and masks, for users who have DIALS.
+
+    Used only when asked for (``import_data.py --reader dxtbx``) and importable; the built-in
+    readers need no DIALS. dxtbx's per-image mask (static gaps, trusted range, DIALS masks)
+    replaces the built-in one; untrusted regions are still applied on top.
+    """
+
+    def __init__(self, expt: Experiment, untrusted: list[Region] | None = None):
+        try:
+            from dxtbx.model.experiment_list import ExperimentListFactory
+        except ImportError:
+            raise InputError(
+                "--reader dxtbx: dxtbx is not importable in this environment (it is not on "
+                "PyPI; use conda-forge, e.g. envs/dxtbx.yaml), or use the built-in reader"
+            ) from None
+        try:
+            experiments = ExperimentListFactory.from_json_file(str(expt.path), check_format=True)
+        except Exception as e:  # dxtbx raises many types for unreadable files
+            raise InputError(f"{expt.path}: dxtbx cannot load it ({e})") from None
+        self.imageset = experiments[0].imageset
+        self.expt = expt
+        self.shape = expt.panel.shape
+        self.n_frames = expt.scan.num_images
+        self.format = "dxtbx"
+        self.static_invalid = np.zeros(self.shape, bool)
+        for r in untrusted or []:
+            self.static_invalid |= r.mask(self.shape)
+
+    def read(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        raw = self.imageset.get_raw_data(index)
+        good = self.imageset.get_mask(index)
+        if len(raw) != 1:
+            raise InputError(f"{self.expt.path}: dxtbx returned {len(raw)} panels; need one")
+        data = raw[0].as_numpy_array()
+        invalid = ~good[0].as_numpy_array() | self.static_invalid
+        out = np.empty(self.shape, np.int32) if out is None else out
+        out[...] = data
+        out[invalid] = INVALID
+        return out
+
+
+def frame_reader(expt: Experiment, untrusted=None, reader: str = "builtin") -> FrameReader:
+    """The built-in reader, or dxtbx's when asked for."""
+    if reader == "dxtbx":
+        return DxtbxFrameReader(expt, untrusted)
+    if reader != "builtin":
+        raise InputError(f"--reader must be 'builtin' or 'dxtbx', is {reader!r}")
+    return FrameReader(expt, untrusted)

@@ -302,17 +302,24 @@ class ImageSeries:
     def frames_per_slab(self) -> int:
         return int(self.chunks[0])
 
-    def slabs(self, frames_per_slab: int | None = None):
-        return slab_bounds(self.shape[0], frames_per_slab or self.frames_per_slab)
+    def slabs(self, frames_per_slab: int | None = None, frame_range=None):
+        """Chunk-aligned runs of frames, optionally only those inside [start, stop)."""
+        bounds = slab_bounds(self.shape[0], frames_per_slab or self.frames_per_slab)
+        if frame_range is None:
+            return bounds
+        a, b = frame_range
+        if not 0 <= a < b <= self.shape[0]:
+            raise InputError(f"{self.path}: frame range [{a}, {b}) outside 0-{self.shape[0]}")
+        return [(max(s, a), min(e, b)) for s, e in bounds if s < b and e > a]
 
     def read(self, start: int, stop: int, pool=None) -> np.ndarray:
         return read_slab(self.data, start, stop, pool)
 
-    def iter_slabs(self, pool=None, frames_per_slab: int | None = None):
+    def iter_slabs(self, pool=None, frames_per_slab: int | None = None, frame_range=None):
         """Yield ((start, stop), slab) in order. With a pool of >= 2 threads, a coordinating
         thread reads the next slab (decoding its chunks on the pool) while the caller works on
         the current one; at most two slabs are in memory."""
-        bounds = self.slabs(frames_per_slab)
+        bounds = self.slabs(frames_per_slab, frame_range)
         if pool is None or getattr(pool, "_max_workers", 1) < 2:
             for b in bounds:
                 yield b, self.read(*b, pool)
