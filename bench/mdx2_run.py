@@ -12,47 +12,54 @@ Run it with the Python of an environment that has mdx2 (installed with --no-deps
 
 import importlib
 import sys
-import types
 
-
-def _raiser(name):
-    def call(*args, **kwargs):
-        raise RuntimeError(f"{name} needs dxtbx: this stand-in must not be called")
-
-    return call
-
-
-class _ExperimentList:
-    @staticmethod
-    def from_file(*args, **kwargs):
-        raise RuntimeError("ExperimentList.from_file needs dxtbx")
-
-
+#: module -> attributes mdx2 imports from it (each a function or class that raises if used)
 STANDINS = {
-    "cctbx": {},
-    "cctbx.eltbx": {},
-    "cctbx.eltbx.attenuation_coefficient": {"get_table": _raiser("get_table")},
-    "dxtbx": {},
-    "dxtbx.flumpy": {"vec_from_numpy": _raiser("vec_from_numpy")},
-    "dxtbx.format": {},
-    "dxtbx.format.FormatPilatusHelpers": {"sensor_active_areas": _raiser("sensor_active_areas")},
-    "dxtbx.model": {},
-    "dxtbx.model.experiment_list": {"ExperimentList": _ExperimentList},
-    "scitbx": {},
-    "scitbx.matrix": {"col": _raiser("col"), "sqr": _raiser("sqr")},
+    "cctbx": [],
+    "cctbx.eltbx": [],
+    "cctbx.eltbx.attenuation_coefficient": ["get_table"],
+    "dxtbx": [],
+    "dxtbx.flumpy": ["vec_from_numpy"],
+    "dxtbx.format": [],
+    "dxtbx.format.FormatPilatusHelpers": ["sensor_active_areas"],
+    "dxtbx.model": [],
+    "dxtbx.model.experiment_list": ["ExperimentList"],
+    "scitbx": [],
+    "scitbx.matrix": ["col", "sqr"],
 }
 
 
 def install_standins():
+    """Write the stand-ins as real packages and put them on sys.path and PYTHONPATH, so that
+    mdx2's joblib worker processes (--nproc > 1) import them too."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.gettempdir()) / f"diffuseflow-mdx2-standins-{os.getuid()}"
     for name, attrs in STANDINS.items():
-        mod = types.ModuleType(name)
-        mod.__path__ = []  # a package, so that submodules resolve
-        for k, v in attrs.items():
-            setattr(mod, k, v)
-        sys.modules[name] = mod
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, mod)
+        pkg = root.joinpath(*name.split("."))
+        pkg.mkdir(parents=True, exist_ok=True)
+        lines = ["def _raiser(name):",
+                 "    def call(*a, **k):",
+                 "        raise RuntimeError(name + ' needs dxtbx: stand-in called')",
+                 "    return call", ""]  # fmt: skip
+        for attr in attrs:
+            if attr == "ExperimentList":
+                lines += [
+                    "class ExperimentList:",
+                    "    from_file = staticmethod(_raiser('ExperimentList.from_file'))",
+                ]
+            else:
+                lines.append(f"{attr} = _raiser({attr!r})")
+        text = "\n".join(lines) + "\n"
+        init = pkg / "__init__.py"
+        if not init.exists() or init.read_text() != text:
+            init.write_text(text)
+    sys.path.insert(0, str(root))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
 
 
 def loadall(specs):

@@ -55,23 +55,6 @@ def _lookup(table, hmax, H, K, L):
     return table[H + hmax, K + hmax, L + hmax]
 
 
-@njit(inline="always")
-def _grid_hkl(gh, gk, gl, p0, wp, y0, wy, x0, wx):
-    h = 0.0
-    k = 0.0
-    l = 0.0  # noqa: E741
-    for dp in range(2):
-        fp = wp if dp else 1.0 - wp
-        for dy in range(2):
-            fy = wy if dy else 1.0 - wy
-            for dx in range(2):
-                w = fp * fy * (wx if dx else 1.0 - wx)
-                h += w * gh[p0 + dp, y0 + dy, x0 + dx]
-                k += w * gk[p0 + dp, y0 + dy, x0 + dx]
-                l += w * gl[p0 + dp, y0 + dy, x0 + dx]  # noqa: E741
-    return h, k, l
-
-
 @njit(parallel=True, cache=True)
 def peak_mask_exact(q, M, r0, P, allowed, hmax, cutoff2, out):
     """out[j, i] = allowed(HKL) and d2 < cutoff2, with exact hkl = M . q[:, j, i].
@@ -110,13 +93,44 @@ def peak_mask_grid(gh, gk, gl, p0, wp, y0, wy, x0, wx, r0, P, allowed, hmax, cut
     """As peak_mask_exact, with hkl interpolated trilinearly from mdx2's lookup grid.
 
     (p0, wp): grid cell and weight along phi for this frame; (y0, wy), (x0, wx): per row/column.
+    Trilinear interpolation is separable: the grid is interpolated in phi and y once per row,
+    leaving a 1-D interpolation along x per pixel (same values as the 8-point formula up to
+    rounding in the last bit).
     """
     ny, nx = out.shape
+    nxg = gh.shape[2]
     for j in prange(ny):
+        fy = wy[j]
+        ya = y0[j]
+        rh = np.empty(nxg)
+        rk = np.empty(nxg)
+        rl = np.empty(nxg)
+        for c in range(nxg):
+            rh[c] = (1.0 - wp) * ((1.0 - fy) * gh[p0, ya, c] + fy * gh[p0, ya + 1, c]) + wp * (
+                (1.0 - fy) * gh[p0 + 1, ya, c] + fy * gh[p0 + 1, ya + 1, c]
+            )
+            rk[c] = (1.0 - wp) * ((1.0 - fy) * gk[p0, ya, c] + fy * gk[p0, ya + 1, c]) + wp * (
+                (1.0 - fy) * gk[p0 + 1, ya, c] + fy * gk[p0 + 1, ya + 1, c]
+            )
+            rl[c] = (1.0 - wp) * ((1.0 - fy) * gl[p0, ya, c] + fy * gl[p0, ya + 1, c]) + wp * (
+                (1.0 - fy) * gl[p0 + 1, ya, c] + fy * gl[p0 + 1, ya + 1, c]
+            )
+        row = out[j]
         for i in range(nx):
-            h, k, l = _grid_hkl(gh, gk, gl, p0, wp, y0[j], wy[j], x0[i], wx[i])  # noqa: E741
-            H, K, L, d2 = _offset_d2(h, k, l, r0, P)
-            out[j, i] = d2 < cutoff2 and _lookup(allowed, hmax, H, K, L) != 0
+            xa = x0[i]
+            fx = wx[i]
+            h = (1.0 - fx) * rh[xa] + fx * rh[xa + 1]
+            k = (1.0 - fx) * rk[xa] + fx * rk[xa + 1]
+            l = (1.0 - fx) * rl[xa] + fx * rl[xa + 1]  # noqa: E741
+            row[i] = _d2(h, k, l, r0, P) < cutoff2
+        for i in range(nx):
+            if row[i]:
+                xa = x0[i]
+                fx = wx[i]
+                H = int(np.rint((1.0 - fx) * rh[xa] + fx * rh[xa + 1]))
+                K = int(np.rint((1.0 - fx) * rk[xa] + fx * rk[xa + 1]))
+                L = int(np.rint((1.0 - fx) * rl[xa] + fx * rl[xa + 1]))
+                row[i] = _lookup(allowed, hmax, H, K, L) != 0
 
 
 @njit(parallel=True, cache=True)
