@@ -563,7 +563,3 @@ def load_simulation(truth_path) -> Simulation:
     ):
         fields[k] = tuple(fields[k])
     return Simulation(Preset(**fields))
-
-
-def sweep_size_bytes(p: Preset) -> int:
-    return p.nx * p.ny * 4 * (p.n_frames + p.bkg_frames)
