@@ -16,6 +16,10 @@ include: "workflow/rules/peaks.smk"
 include: "workflow/rules/background.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     default_target: True
     input:

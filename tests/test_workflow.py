@@ -144,3 +144,28 @@ def test_profiles_are_valid_yaml():
         assert isinstance(cfg, dict)
     slurm = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert slurm["executor"] == "slurm" and slurm["slurm-status-command"] == "squeue"
+
+
+def test_multi_sweep_config_end_to_end(tmp_path):
+    """config/multi.yaml: 3 crystal sweeps, 2 background sweeps (one shared), overrides."""
+    cfg = yaml.safe_load((ROOT / "config" / "multi.yaml").read_text())
+    proc = snakemake(tmp_path, config=cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    res = tmp_path / "results"
+    for name in ("sweep_a", "sweep_b", "sweep_c"):
+        assert (res / name / "mask.nxs").exists()
+    for name in ("bkg_1", "bkg_2"):
+        assert (res / name / "bkg_data_binned.nxs").exists()
+    assert not (res / "sweep_b" / "bkg_data.nxs").exists()  # shared, imported once
+
+    def params(path):
+        with h5py.File(path) as f:
+            return json.loads(f.attrs["diffuseflow_parameters"])
+
+    assert params(res / "sweep_b/mask.nxs")["sigma_cutoff"] == 3.5
+    assert params(res / "sweep_a/mask.nxs")["sigma_cutoff"] == 3
+    assert params(res / "sweep_c/peaks.nxs")["count_threshold"] == 15
+    assert params(res / "bkg_2/bkg_data_binned.nxs")["bins"] == [2, 20, 20]
+    assert params(res / "bkg_1/bkg_data_binned.nxs")["bins"] == [4, 20, 20]

@@ -1,0 +1,94 @@
+"""The demo workflow through a real (single-node, loopback) SLURM with profiles/slurm.
+
+Needs root and Debian's slurm packages (tests/slurm/cluster.sh installs them), so it runs only
+when DIFFUSEFLOW_SLURM_TEST=1, as in CI. Checks that every job went through SLURM with the
+resources its rule requests, and that the outputs equal a local run's.
+"""
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+from test_workflow import SMALL_CONFIG
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("DIFFUSEFLOW_SLURM_TEST") != "1",
+    reason="set DIFFUSEFLOW_SLURM_TEST=1 to run (needs root; installs and starts SLURM)",
+)
+
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+#: rule -> (cpus, mem MB, minutes) as the rules declare them (threads from the config: 2)
+EXPECTED = {
+    "simulate_sweeps": (2, 4000, 30),
+    "import_geometry": (1, 2000, 10),
+    "import_data": (2, 3000, 60),
+    "import_background": (2, 3000, 60),
+    "find_peaks": (2, 3000, 60),
+    "mask_peaks": (2, 3000, 60),
+    "bin_background": (2, 3000, 30),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    subprocess.run(["bash", str(CLUSTER), "up"], check=True, timeout=600)
+    yield
+    subprocess.run(["bash", str(CLUSTER), "down"], check=False, timeout=120)
+
+
+def run_workflow(workdir, *extra):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    cmd = ["timeout", "-k", "15", "900", sys.executable, "-m", "snakemake",
+           "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def slurm_jobs():
+    out = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i|%k|%C|%m|%l|%T"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    jobs = []
+    for line in out.splitlines():
+        jid, comment, cpus, mem, limit, state = line.split("|")
+        jobs.append((int(jid), comment, int(cpus), mem, limit, state))
+    return jobs
+
+
+def minutes(limit: str) -> int:
+    parts = [int(p) for p in limit.replace("-", ":").split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, _ = parts[-3:]
+    return h * 60 + m
+
+
+def test_workflow_through_slurm(cluster, tmp_path):
+    before = max((j[0] for j in slurm_jobs()), default=0)
+    run_workflow(tmp_path / "slurm", "--profile", str(ROOT / "profiles" / "slurm"))
+    jobs = [j for j in slurm_jobs() if j[0] > before and j[1].startswith("rule_")]
+    seen = {}
+    for _, comment, cpus, mem, limit, state in jobs:
+        rule = next(r for r in EXPECTED if comment.startswith(f"rule_{r}_"))
+        assert state == "COMPLETED", (comment, state)
+        seen[rule] = (cpus, int(mem.rstrip("M")), minutes(limit))
+    # every rule of the workflow ran as a SLURM job, with the resources it requests
+    assert seen == EXPECTED
+
+    run_workflow(tmp_path / "local", "--cores", "2")
+    for path, dataset in [
+        ("tiny/data.nxs", "entry/image_series/data"),
+        ("tiny/mask.nxs", "entry/mask/signal"),
+        ("tiny/peaks.nxs", "entry/peak_model/sigma"),
+        ("tiny/peaks.nxs", "entry/peaks/observed_px_x"),
+        ("tiny_bkg/bkg_data_binned.nxs", "entry/binned_image_series/signal"),
+    ]:
+        with h5py.File(tmp_path / "slurm/results" / path) as a, \
+                h5py.File(tmp_path / "local/results" / path) as b:  # fmt: skip
+            np.testing.assert_array_equal(a[dataset][()], b[dataset][()])
