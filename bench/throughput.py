@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
 
-def measured(*args, threads=None):
-    """Seconds and peak RSS (MB) of one command, via a wrapper that reports its own child."""
+def measured(*args, threads=None, exe=sys.executable, cwd=None):
+    """Seconds and peak RSS (MB) of ``exe args...`` (default: this Python), via a wrapper that
+    reports its own child."""
     code = (
         "import resource,subprocess,sys,time;t=time.perf_counter();"
         "r=subprocess.run(sys.argv[1:]);"
@@ -40,10 +41,11 @@ def measured(*args, threads=None):
     if threads:
         env["NUMBA_NUM_THREADS"] = str(threads)
     out = subprocess.run(
-        [sys.executable, "-c", code, sys.executable, *map(str, args)],
+        [sys.executable, "-c", code, str(exe), *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
     )
     secs, rss, rc = out.stdout.strip().splitlines()[-1].split()
     if rc != "0":

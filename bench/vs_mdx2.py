@@ -71,8 +71,8 @@ def main():
         ]  # fmt: skip
         for name, npx, ours, theirs in stages:
             t_ours, m_ours = measured(*ours, "--nproc", cores, threads=cores)
-            t_mdx2, m_mdx2 = measured_exe(*theirs, "--nproc", cores, "--logfile",
-                                          d / f"mdx2.{name}.log", cwd=d)  # fmt: skip
+            t_mdx2, m_mdx2 = measured(*theirs[1:], "--nproc", cores, "--logfile",
+                                      d / f"mdx2.{name}.log", exe=theirs[0], cwd=d)  # fmt: skip
             rows.append({
                 "stage": name, "cores": cores,
                 "mdx2_s": round(t_mdx2, 2), "diffuseflow_s": round(t_ours, 2),
@@ -93,24 +93,6 @@ def main():
     )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
-
-
-def measured_exe(exe, *args, cwd=None):
-    """Like throughput.measured, for a command whose first element is its own interpreter."""
-    import subprocess
-
-    code = (
-        "import resource,subprocess,sys,time;t=time.perf_counter();"
-        "r=subprocess.run(sys.argv[1:]);"
-        "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
-        " r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(exe), *map(str, args)],
-                         capture_output=True, text=True, cwd=cwd)  # fmt: skip
-    secs, rss, rc = out.stdout.strip().splitlines()[-1].split()
-    if rc != "0":
-        raise SystemExit(f"failed: {exe} {args}\n{out.stderr[-2000:]}")
-    return float(secs), int(rss) / 1024
 
 
 if __name__ == "__main__":

@@ -40,6 +40,21 @@ def add_nproc(p: argparse.ArgumentParser):
     )
 
 
+def positive(flag: str):
+    """argparse type: a number > 0, refused with a one-line error naming ``flag``."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputError(f"{flag} must be a number, is {text!r}") from None
+        if not value > 0:
+            raise InputError(f"{flag} must be > 0, is {value:g}")
+        return value
+
+    return parse
+
+
 def set_threads(n: int):
     if n < 1:
         raise InputError(f"--nproc must be >= 1, is {n}")

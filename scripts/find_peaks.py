@@ -45,7 +45,7 @@ def main(argv):
         help="pixels with counts > this are peak pixels; 'auto' = 10x background "
         "(required unless --gather)",
     )
-    p.add_argument("--sigma_cutoff", type=float, default=3.0)
+    p.add_argument("--sigma_cutoff", type=cli.positive("--sigma_cutoff"), default=3.0)
     p.add_argument(
         "--frames",
         type=int,
@@ -63,8 +63,6 @@ def main(argv):
     cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.set_threads(a.nproc)
-    if not a.sigma_cutoff > 0:
-        raise InputError(f"--sigma_cutoff must be > 0, is {a.sigma_cutoff}")
     if a.gather and (a.frames or a.count_threshold is not None):
         raise InputError(
             "--gather takes the threshold from the partial files; drop --frames/--count_threshold"

@@ -12,7 +12,6 @@ from diffuseflow import cli
 from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.algorithms.mask import PeakMasker, hot_pixel_indices, write_mask
 from diffuseflow.algorithms.peaks import PeakModel
-from diffuseflow.errors import InputError
 from diffuseflow.io import nexus
 
 
@@ -21,7 +20,7 @@ def main(argv):
     p.add_argument("geom", metavar="GEOM", help="geometry.nxs")
     p.add_argument("data", metavar="DATA", help="data.nxs (axes and chunks; pixels not read)")
     p.add_argument("peaks", metavar="PEAKS", help="peaks.nxs from find_peaks")
-    p.add_argument("--sigma_cutoff", type=float, default=3.0)
+    p.add_argument("--sigma_cutoff", type=cli.positive("--sigma_cutoff"), default=3.0)
     p.add_argument("--bragg", action="store_true", help="keep only the Bragg regions")
     p.add_argument(
         "--absences",
@@ -32,8 +31,6 @@ def main(argv):
     cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.set_threads(a.nproc)
-    if not a.sigma_cutoff > 0:
-        raise InputError(f"--sigma_cutoff must be > 0, is {a.sigma_cutoff}")
     absences = a.absences or ("centring" if a.mdx2_compat else "full")
     geomfile = GeometryFile(a.geom)
     geomfile.check_convention(a.mdx2_compat)
@@ -56,12 +53,7 @@ def main(argv):
     }
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(tmp, "mask_peaks", params, [a.geom, a.data, a.peaks]) as f:
-            g = nexus.mdx2_group(f["entry"], "mask", "mdx2.geometry", "GridData", "NXdata")
-            g.attrs["signal"] = "signal"
-            g.attrs["axes"] = nexus._str_array(["axis0", "axis1", "axis2"])
-            for k, ax in enumerate(axes):
-                g.create_dataset(f"axis{k}", data=ax)
-            dset = nexus.create_stack(g, "signal", shape, bool, chunks, shuffle=False)
+            dset = nexus.mask_dataset(f["entry"], axes, chunks)
             writer = nexus.StackWriter(dset, threads=a.nproc)
             try:
                 write_mask(masker, axes, shape, dset.chunks, hot, a.bragg, writer, log=cli.log)

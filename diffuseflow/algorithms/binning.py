@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from diffuseflow.errors import InputError
+from diffuseflow.io.nexus import open_input, read_slab
 
 
 def sections(n: int, b: int) -> np.ndarray:
@@ -128,8 +129,6 @@ def bin_series(series, bins, valid_range, mask_path=None, pool=None, log=print) 
     mask_ds = None
     mask_file = None
     if mask_path:
-        from diffuseflow.io.nexus import open_input
-
         mask_file = open_input(mask_path, "a mask (mask.nxs)", ["mask"])
         mask_ds = mask_file["entry/mask/signal"]
         if mask_ds.shape != series.shape or mask_ds.dtype != bool:
@@ -144,8 +143,6 @@ def bin_series(series, bins, valid_range, mask_path=None, pool=None, log=print) 
             data = series.read(int(p0), int(p1), pool)
             mask = None
             if mask_ds is not None:
-                from diffuseflow.io.nexus import read_slab
-
                 mask = read_slab(mask_ds, int(p0), int(p1), pool)
             expo = series.exposure_times[p0:p1]
             c, k, s = bin_slab(data, expo, valid_range, mask, ys, xs)

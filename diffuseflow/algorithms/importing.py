@@ -10,7 +10,12 @@ import h5py
 import numpy as np
 
 from diffuseflow.errors import InputError
-from diffuseflow.geometry.model import SweepGeometry, air_attenuation_per_mm, unit_cell_of
+from diffuseflow.geometry.model import (
+    SweepGeometry,
+    air_attenuation_per_mm,
+    decompose_UB,
+    unit_cell_of,
+)
 from diffuseflow.geometry.symmetry import space_group_from_hall, symmetry_fields
 from diffuseflow.io import nexus
 from diffuseflow.io.expt import Experiment, experiment_from_text, experiment_to_dict
@@ -95,8 +100,6 @@ def write_geometry(
             c.create_dataset(
                 "unit_cell", data=[cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma]
             )
-            from diffuseflow.geometry.model import decompose_UB
-
             U, _ = decompose_UB(expt.crystal.A)
             c.create_dataset("orientation_matrix", data=U)
             c.create_dataset("ub_matrix", data=expt.crystal.A)

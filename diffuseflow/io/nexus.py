@@ -117,7 +117,7 @@ def mdx2_group(parent: h5py.Group, name: str, module: str, cls: str, nx_class=No
     return g
 
 
-def _str_array(names):
+def str_array(names):
     return np.array(names, dtype=h5py.string_dtype())
 
 
@@ -131,7 +131,7 @@ def nxdata(parent, name, signal, axes: dict, module="mdx2.geometry", cls=None, *
     if not cls:
         g.attrs["NX_class"] = "NXdata"
     g.attrs["signal"] = "signal"
-    g.attrs["axes"] = _str_array(list(axes))
+    g.attrs["axes"] = str_array(list(axes))
     kw = {}
     if np.ndim(signal) >= 2 and np.size(signal) > 4096:
         kw = dict(compression="gzip", compression_opts=4, shuffle=True, chunks=True)
@@ -352,9 +352,21 @@ def write_image_series_axes(g, phi, iy, ix, exposure_times):
 def image_series_group(entry, phi, iy, ix, exposure_times):
     g = mdx2_group(entry, "image_series", "mdx2.data", "ImageSeries", nx_class="NXdata")
     g.attrs["signal"] = "data"
-    g.attrs["axes"] = _str_array(["phi", "iy", "ix"])
+    g.attrs["axes"] = str_array(["phi", "iy", "ix"])
     write_image_series_axes(g, phi, iy, ix, exposure_times)
     return g
+
+
+def mask_dataset(entry, axes, chunks) -> h5py.Dataset:
+    """mdx2's mask: GridData ``/entry/mask`` without axis names (axis0..2), and an empty
+    chunked bool ``signal`` (True = exclude) to be filled slab by slab."""
+    g = mdx2_group(entry, "mask", "mdx2.geometry", "GridData", nx_class="NXdata")
+    g.attrs["signal"] = "signal"
+    g.attrs["axes"] = str_array(["axis0", "axis1", "axis2"])
+    for k, ax in enumerate(axes):
+        g.create_dataset(f"axis{k}", data=np.asarray(ax, float))
+    shape = tuple(len(ax) for ax in axes)
+    return create_stack(g, "signal", shape, bool, chunks, shuffle=False)
 
 
 def write_peaks(entry, name, phi, iy, ix):
