@@ -9,11 +9,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/import.smk"
 include: "workflow/rules/peaks.smk"
 include: "workflow/rules/background.smk"
+include: "workflow/rules/qc.smk"
 
 
 localrules:

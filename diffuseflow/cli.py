@@ -20,8 +20,11 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see --help)")
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, compat: bool = True) -> argparse.ArgumentParser:
+    """Argument parser of a tool; compat adds --mdx2_compat (for tools it changes)."""
     p = _Parser(prog=prog, description=description)
+    if not compat:
+        return p
     p.add_argument(
         "--mdx2_compat",
         action="store_true",
@@ -38,6 +41,37 @@ def add_nproc(p: argparse.ArgumentParser):
         default=1,
         help="threads for decoding, compressing and per-pixel work (results do not depend on it)",
     )
+
+
+def add_slab(p: argparse.ArgumentParser, what: str):
+    p.add_argument(
+        "--slab",
+        type=int,
+        nargs=2,
+        metavar=("K", "N"),
+        help=f"slab job K of N (0-based): {what} only this job's whole frame-chunks and write "
+        "a partial file (assemble the N parts with gather_slabs.py)",
+    )
+
+
+def add_gather(p: argparse.ArgumentParser):
+    p.add_argument(
+        "--gather",
+        nargs="+",
+        metavar="PART",
+        help="assemble the partial files of the N slab jobs (--slab K N) into --outfile, "
+        "copying compressed chunks as they are; equals a single-job run",
+    )
+
+
+def check_slab(slab):
+    """(K, N) from --slab, refused with a one-line error unless 0 <= K < N."""
+    if slab is None:
+        return None
+    k, n = slab
+    if n < 1 or not 0 <= k < n:
+        raise InputError(f"--slab {k} {n}: needs N >= 1 and 0 <= K < N")
+    return k, n
 
 
 def positive(flag: str):

@@ -6,8 +6,9 @@ offsets (dh, dk, dl) form a cloud, to which a 3-D anisotropic Gaussian is fitted
 covariance); points beyond --sigma_cutoff are flagged as outliers and the model refitted once.
 --count_threshold auto estimates the background level and uses 10x it.
 
-For a sweep split over jobs: run with --frames START STOP per frame run (search only, writes a
-partial file), then once with --gather PART ... to fit; the result equals a single run.
+For a sweep split over jobs: run with --slab K N (whole frame-chunks of slab job K of N) or
+--frames START STOP per job (search only, writes a partial file), then once with
+--gather PART ... to fit; the result equals a single run.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from diffuseflow.algorithms.peaks import (
     search_hot_pixels,
     suggest_threshold,
     write_hot_pixels,
+    write_search,
 )
 from diffuseflow.errors import InputError
 from diffuseflow.io import nexus
@@ -43,7 +45,7 @@ def main(argv):
         "--count_threshold",
         type=threshold_arg,
         help="pixels with counts > this are peak pixels; 'auto' = 10x background "
-        "(required unless --gather)",
+        "(with --gather: optional, checked against the partial searches)",
     )
     p.add_argument("--sigma_cutoff", type=cli.positive("--sigma_cutoff"), default=3.0)
     p.add_argument(
@@ -53,6 +55,7 @@ def main(argv):
         metavar=("START", "STOP"),
         help="search only frames [START, STOP) and write a partial file (no fit)",
     )
+    cli.add_slab(p, "search")
     p.add_argument(
         "--gather",
         nargs="+",
@@ -63,10 +66,11 @@ def main(argv):
     cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.set_threads(a.nproc)
-    if a.gather and (a.frames or a.count_threshold is not None):
-        raise InputError(
-            "--gather takes the threshold from the partial files; drop --frames/--count_threshold"
-        )
+    job = cli.check_slab(a.slab)
+    if a.frames and job:
+        raise InputError("give --frames or --slab, not both")
+    if a.gather and (a.frames or job):
+        raise InputError("--gather fits the partial searches; drop --frames/--slab")
     if not a.gather and a.count_threshold is None:
         raise InputError("--count_threshold is required (a number or 'auto')")
     geomfile = GeometryFile(a.geom)
@@ -74,6 +78,8 @@ def main(argv):
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
         geomfile.check_matches(series)
         phi_axis = series.phi
+        if job:
+            a.frames = nexus.job_frames(series.shape[0], series.chunks[0], *job)
         if a.gather:
             hot = HotPixels.concat([read_hot_pixels(part) for part in a.gather])
             if hot.frames != (0, series.shape[0]):
@@ -82,6 +88,12 @@ def main(argv):
                     f"sweep (0, {series.shape[0]})"
                 )
             threshold = hot.threshold
+            # a numeric --count_threshold must be the one the parts were searched with
+            if a.count_threshold not in (None, "auto") and a.count_threshold != threshold:
+                raise InputError(
+                    f"the partial searches used count_threshold {threshold:g}, not "
+                    f"{a.count_threshold:g}; rerun them"
+                )
         else:
             threshold = a.count_threshold
             if threshold == "auto":  # needs the background level before the search
@@ -90,15 +102,16 @@ def main(argv):
             hot = search_hot_pixels(series, threshold, a.frames, pool, log=cli.log)
     inputs = [a.geom, a.data, *(a.gather or [])]
     if a.frames:
-        params = {"count_threshold": threshold, "frames": a.frames}
+        params = {"count_threshold": threshold, "frames": list(a.frames), "slab": a.slab}
         with nexus.atomic_output(a.outfile) as tmp:
             with nexus.new_file(tmp, "find_peaks --frames", params, inputs) as f:
                 write_hot_pixels(f["entry"], hot, phi_axis)
         cli.log(f"frames {a.frames[0]} to {a.frames[1] - 1}: {len(hot.frame)} peak pixels")
         return
-    model, outliers, (phi, iy, ix), stats = fit_hot_pixels(
+    fit = fit_hot_pixels(
         geomfile, hot, phi_axis, a.sigma_cutoff, a.mdx2_compat, a.data, log=cli.log
     )
+    stats, phi, iy, ix, outliers = fit.stats, fit.phi, fit.iy, fit.ix, fit.outliers
     params = {
         "count_threshold": threshold,
         "count_threshold_requested": a.count_threshold,
@@ -109,9 +122,10 @@ def main(argv):
     }
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(tmp, "find_peaks", params, inputs) as f:
-            nexus.write_peak_model(f["entry"], model.r0, model.sigma)
+            nexus.write_peak_model(f["entry"], fit.model.r0, fit.model.sigma)
             nexus.write_peaks(f["entry"], "peaks", phi, iy, ix)
             nexus.write_peaks(f["entry"], "outliers", phi[outliers], iy[outliers], ix[outliers])
+            write_search(f["entry"], hot, fit)
 
 
 if __name__ == "__main__":

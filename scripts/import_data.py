@@ -4,10 +4,15 @@ in mdx2 1.0.5's ImageSeries layout, chunked and compressed, streamed slab by sla
 
 Invalid pixels are those outside the panel's trusted range, in its mask rectangles (module
 gaps), in a DIALS mask or Eiger pixel mask, and in --untrusted regions.
+
+A sweep split over jobs: each runs with --slab K N (its whole frame-chunks into a partial
+file), then one run with --gather PART ... assembles them; the result equals a single run.
 """
 
 from diffuseflow import cli
 from diffuseflow.algorithms.importing import geometry_summary, write_data
+from diffuseflow.errors import InputError
+from diffuseflow.io import nexus
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.images import parse_untrusted
 
@@ -37,14 +42,31 @@ def main(argv):
         help="image reader: built-in (fabio/h5py, default) or dxtbx (needs DIALS)",
     )
     p.add_argument("--outfile", default="data.nxs")
+    cli.add_slab(p, "read")
+    cli.add_gather(p)
     cli.add_nproc(p)
     a = p.parse_args(argv)
+    job = cli.check_slab(a.slab)
+    if a.gather:
+        if job:
+            raise InputError("give --slab (one job) or --gather (assemble the jobs), not both")
+        nexus.gather_partials(a.gather, a.outfile, {"expt": a.expt})
+        cli.log(f"gathered {len(a.gather)} slab files into {a.outfile}")
+        return
     cli.set_threads(a.nproc)
     regions = parse_untrusted(a.untrusted, "--untrusted")
     expt = read_expt(a.expt)
     cli.log(geometry_summary(expt) if expt.crystal else f"{expt.scan.num_images} frames")
     write_data(
-        expt, a.outfile, a.chunks, regions, a.nproc, {"expt": a.expt}, log=cli.log, reader=a.reader
+        expt,
+        a.outfile,
+        a.chunks,
+        regions,
+        a.nproc,
+        {"expt": a.expt},
+        log=cli.log,
+        reader=a.reader,
+        job=job,
     )
 
 

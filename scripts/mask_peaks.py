@@ -5,13 +5,14 @@
 Allowed = not systematically absent in the crystal's space group (all absences, via gemmi), or
 lattice centring only (mdx2's rule) with --absences centring or --mdx2_compat. --bragg writes
 the complement instead (Bragg regions only, no peak pixels). Written slab by slab to the bool
-dataset /entry/mask/signal.
+dataset /entry/mask/signal. Split over jobs: --slab K N per job, then --gather PART ....
 """
 
 from diffuseflow import cli
 from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.algorithms.mask import PeakMasker, hot_pixel_indices, write_mask
 from diffuseflow.algorithms.peaks import PeakModel
+from diffuseflow.errors import InputError
 from diffuseflow.io import nexus
 
 
@@ -28,10 +29,25 @@ def main(argv):
         help="absence rule (default: full; centring with --mdx2_compat)",
     )
     p.add_argument("--outfile", default="mask.nxs")
+    cli.add_slab(p, "mask")
+    cli.add_gather(p)
     cli.add_nproc(p)
     a = p.parse_args(argv)
+    job = cli.check_slab(a.slab)
     cli.set_threads(a.nproc)
     absences = a.absences or ("centring" if a.mdx2_compat else "full")
+    params = {
+        "sigma_cutoff": a.sigma_cutoff,
+        "bragg": a.bragg,
+        "absences": absences,
+        "mdx2_compat": a.mdx2_compat,
+    }
+    if a.gather:
+        if job:
+            raise InputError("give --slab (one job) or --gather (assemble the jobs), not both")
+        nexus.gather_partials(a.gather, a.outfile, params)
+        cli.log(f"gathered {len(a.gather)} slab files into {a.outfile}")
+        return
     geomfile = GeometryFile(a.geom)
     geomfile.check_convention(a.mdx2_compat)
     with nexus.open_input(a.peaks, "peaks.nxs", ["peak_model", "peaks"]) as f:
@@ -41,24 +57,24 @@ def main(argv):
         geomfile.check_matches(series)
         shape, chunks = series.shape, series.chunks
         axes = (series.phi, series.iy, series.ix)
+    frames = nexus.job_frames(shape[0], chunks[0], *job) if job else None
     masker = PeakMasker(
         geomfile, model, a.sigma_cutoff, a.mdx2_compat, absences, axes[0], shape[1], shape[2]
     )
     hot = hot_pixel_indices(*peaks, *axes)
-    params = {
-        "sigma_cutoff": a.sigma_cutoff,
-        "bragg": a.bragg,
-        "absences": absences,
-        "mdx2_compat": a.mdx2_compat,
-    }
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(tmp, "mask_peaks", params, [a.geom, a.data, a.peaks]) as f:
+            if job:
+                nexus.mark_partial(f, frames, job)
             dset = nexus.mask_dataset(f["entry"], axes, chunks)
             writer = nexus.StackWriter(dset, threads=a.nproc)
             try:
-                write_mask(masker, axes, shape, dset.chunks, hot, a.bragg, writer, log=cli.log)
+                per_frame = write_mask(
+                    masker, axes, shape, dset.chunks, hot, a.bragg, writer, frames, log=cli.log
+                )
             finally:
                 writer.close()
+            nexus.write_mask_counts(f["entry"], per_frame)
 
 
 if __name__ == "__main__":

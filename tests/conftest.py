@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from diffuseflow.simulate import preset, write_sweeps
 
@@ -80,3 +81,64 @@ def snase():
     if not (SNASE / "snase.expt").exists():
         pytest.skip("real SNase sweep not present in ../shared/data/snase")
     return SNASE
+
+
+# -- the Snakemake workflow on a small simulated config ------------------------------------
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+SMALL_CONFIG = {
+    "results": "results",
+    "threads": 2,
+    "simulations": {
+        "tiny": {"preset": "insulin", "seed": 2, "size": [520, 420], "frames": 10, "bkg_frames": 4}
+    },
+    "datasets": {
+        "tiny": {"expt": "resources/simulated/tiny/crystal/sweep.expt", "background": "tiny_bkg"}
+    },
+    "backgrounds": {"tiny_bkg": {"expt": "resources/simulated/tiny/background/sweep.expt"}},
+    "import": {"chunks": [3, 0, 0]},  # 10 frames -> 4 frame-chunks (slab jobs split these)
+    "find_peaks": {"count_threshold": 20, "sigma_cutoff": 3},
+    "mask_peaks": {"sigma_cutoff": 3},
+    "bin_background": {"bins": [2, 20, 20], "valid_range": [0, 200]},
+}
+
+
+def snakemake(workdir, *args, config=None):
+    cfg = Path(workdir) / "config.yaml"
+    if config is not None:
+        cfg.write_text(yaml.safe_dump(config))
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(cfg), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tmp_path_factory):
+    """The whole workflow (simulate, import, peaks, mask, background, QC) run once."""
+    wd = tmp_path_factory.mktemp("wf")
+    proc = snakemake(wd, config=SMALL_CONFIG)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return wd
+
+
+#: every array the small workflow makes, by file: two runs of it must agree on all of them
+WORKFLOW_ARRAYS = [
+    ("tiny/data.nxs", "entry/image_series/data"),
+    ("tiny_bkg/bkg_data.nxs", "entry/image_series/data"),
+    ("tiny/peaks.nxs", "entry/peak_model/sigma"),
+    ("tiny/peaks.nxs", "entry/peaks/observed_px_y"),
+    ("tiny/peaks.nxs", "entry/peaks/observed_px_x"),
+    ("tiny/peaks.nxs", "entry/outliers/observed_phi"),
+    ("tiny/mask.nxs", "entry/mask/signal"),
+    ("tiny/mask.nxs", "entry/diffuseflow_mask/masked_pixels"),
+    ("tiny_bkg/bkg_data_binned.nxs", "entry/binned_image_series/signal"),
+]
+
+
+def assert_same_workflow_outputs(results_a: Path, results_b: Path):
+    import h5py
+    import numpy as np
+
+    for path, dataset in WORKFLOW_ARRAYS:
+        with h5py.File(results_a / path) as a, h5py.File(results_b / path) as b:
+            np.testing.assert_array_equal(a[dataset][()], b[dataset][()], err_msg=path)

@@ -255,3 +255,74 @@ def test_dxtbx_reader_only_when_importable(small_sweep):
             np.testing.assert_array_equal(
                 a["entry/image_series/data"][()], b["entry/image_series/data"][()]
             )
+
+
+# ------------------------------------------------------------------------------------------
+# slab jobs: each writes its whole frame-chunks, the gather copies them
+
+
+def raw_chunks(dset):
+    return {
+        dset.id.get_chunk_info(i).chunk_offset: dset.id.read_direct_chunk(
+            dset.id.get_chunk_info(i).chunk_offset
+        )
+        for i in range(dset.id.get_num_chunks())
+    }
+
+
+def test_slab_jobs_then_gather_equal_a_single_import(insulin_run, tmp_path):
+    """30 frames in chunks of 4 over 4 jobs (8 chunks: 2 per job), parts gathered in any order:
+    the same array and the same compressed chunks as one import."""
+    expt = insulin_run / "crystal" / "sweep.expt"
+    run_script("import_data", expt, "--chunks", 4, 0, 0, "--outfile", tmp_path / "one.nxs")
+    parts = []
+    for k in range(4):
+        parts.append(tmp_path / f"part{k}.nxs")
+        run_script("import_data", expt, "--chunks", 4, 0, 0, "--slab", k, 4, "--outfile", parts[-1])
+    with h5py.File(parts[1]) as f:
+        assert list(f.attrs["diffuseflow_partial_frames"]) == [8, 16]
+        assert f["entry/image_series/data"].id.get_num_chunks() < 20  # only its own chunks
+    run_script("import_data", expt, "--gather", *parts[::-1], "--outfile", tmp_path / "all.nxs")
+    with h5py.File(tmp_path / "one.nxs") as a, h5py.File(tmp_path / "all.nxs") as b:
+        da, db = a["entry/image_series/data"], b["entry/image_series/data"]
+        assert raw_chunks(da) == raw_chunks(db)
+        np.testing.assert_array_equal(da[()], db[()])
+        assert "gathered from 4 slab jobs" in b.attrs["diffuseflow_program"]
+        assert "diffuseflow_partial_frames" not in b.attrs
+
+
+def test_more_slab_jobs_than_chunks(insulin_run, tmp_path):
+    """Jobs beyond the number of frame-chunks write empty parts; the gather still works."""
+    expt = insulin_run / "crystal" / "sweep.expt"
+    parts = [tmp_path / f"p{k}.nxs" for k in range(5)]
+    for k, part in enumerate(parts):
+        run_script("import_data", expt, "--chunks", 10, 0, 0, "--slab", k, 5, "--outfile", part)
+    run_script("import_data", expt, "--gather", *parts, "--outfile", tmp_path / "all.nxs")
+    with h5py.File(tmp_path / "all.nxs") as b, h5py.File(insulin_run / "data.nxs") as a:
+        np.testing.assert_array_equal(
+            a["entry/image_series/data"][()], b["entry/image_series/data"][()]
+        )
+
+
+def test_gather_refuses_incomplete_or_foreign_parts(insulin_run, tmp_path):
+    expt = insulin_run / "crystal" / "sweep.expt"
+    bkg = insulin_run / "background" / "sweep.expt"
+    parts = [tmp_path / f"p{k}.nxs" for k in range(3)]
+    for k, part in enumerate(parts):
+        run_script("import_data", expt, "--chunks", 5, 0, 0, "--slab", k, 3, "--outfile", part)
+    out = tmp_path / "all.nxs"
+    missing = run_script("import_data", expt, "--gather", *parts[:2], "--outfile", out, check=False)
+    assert_user_error(missing, "3 slab jobs")
+    gap = run_script(
+        "import_data", expt, "--gather", parts[0], parts[2], "--outfile", out, check=False
+    )
+    assert_user_error(gap, "3 slab jobs")
+    foreign = run_script("import_data", bkg, "--gather", *parts, "--outfile", out, check=False)
+    assert_user_error(foreign, str(parts[0]), "expt=")
+    whole = run_script(
+        "import_data", expt, "--gather", insulin_run / "data.nxs", "--outfile", out, check=False
+    )
+    assert_user_error(whole, "not a partial file")
+    bad_k = run_script("import_data", expt, "--slab", 3, 3, "--outfile", out, check=False)
+    assert_user_error(bad_k, "--slab 3 3")
+    assert not out.exists()

@@ -321,3 +321,46 @@ def test_slab_jobs_then_gather_equal_a_single_run(insulin_run, tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "do not tile the sweep" in proc.stderr
+
+
+def test_mask_and_peak_search_in_slab_jobs_equal_one_job(insulin_run, tmp_path):
+    """find_peaks --slab K N + --gather and mask_peaks --slab K N + --gather give the single
+    job's peaks and mask: 30 frames in chunks of 4 (8 chunks) over 3 jobs (2, 3, 3 chunks)."""
+    d = insulin_run
+    geom, data = d / "geometry.nxs", tmp_path / "data.nxs"
+    run_script("import_data", d / "crystal/sweep.expt", "--chunks", 4, 0, 0, "--outfile", data)
+    one_peaks, one_mask = tmp_path / "one_peaks.nxs", tmp_path / "one_mask.nxs"
+    run_script("find_peaks", geom, data, "--count_threshold", 20, "--outfile", one_peaks)
+    run_script("mask_peaks", geom, data, one_peaks, "--outfile", one_mask)
+    jobs = 3
+    peak_parts = [tmp_path / f"peaks{k}.nxs" for k in range(jobs)]
+    mask_parts = [tmp_path / f"mask{k}.nxs" for k in range(jobs)]
+    for k in range(jobs):
+        run_script("find_peaks", geom, data, "--count_threshold", 20, "--slab", k, jobs,
+                   "--outfile", peak_parts[k])  # fmt: skip
+    with h5py.File(peak_parts[2]) as f:
+        assert list(f["entry/diffuseflow_search/frames"][()]) == [20, 30]
+    run_script("find_peaks", geom, data, "--gather", *peak_parts, "--outfile", tmp_path / "p.nxs")
+    for k in range(jobs):
+        run_script("mask_peaks", geom, data, tmp_path / "p.nxs", "--slab", k, jobs,
+                   "--outfile", mask_parts[k])  # fmt: skip
+    run_script("mask_peaks", geom, data, tmp_path / "p.nxs", "--gather", *mask_parts,
+               "--outfile", tmp_path / "m.nxs")  # fmt: skip
+    with h5py.File(tmp_path / "p.nxs") as a, h5py.File(one_peaks) as b:
+        for key in ("peak_model/sigma", "peaks/observed_px_x", "diffuseflow_search/offsets"):
+            np.testing.assert_array_equal(a[f"entry/{key}"][()], b[f"entry/{key}"][()])
+    with h5py.File(tmp_path / "m.nxs") as a, h5py.File(one_mask) as b:
+        np.testing.assert_array_equal(a["entry/mask/signal"][()], b["entry/mask/signal"][()])
+        assert a["entry/mask/signal"][()].any()
+        np.testing.assert_array_equal(
+            a["entry/diffuseflow_mask/masked_pixels"][()],
+            b["entry/diffuseflow_mask/masked_pixels"][()],
+        )
+    # a part masked with another sigma_cutoff is stale: refused by name
+    stale = tmp_path / "stale.nxs"
+    run_script("mask_peaks", geom, data, tmp_path / "p.nxs", "--slab", 0, jobs,
+               "--sigma_cutoff", 2.5, "--outfile", stale)  # fmt: skip
+    proc = run_script("mask_peaks", geom, data, tmp_path / "p.nxs", "--gather", stale,
+                      *mask_parts[1:], "--outfile", tmp_path / "m2.nxs", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "sigma_cutoff=2.5" in proc.stderr
+    assert not (tmp_path / "m2.nxs").exists()

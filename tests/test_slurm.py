@@ -9,12 +9,9 @@ import os
 import subprocess
 import sys
 
-import h5py
-import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
-from test_workflow import SMALL_CONFIG
+from conftest import ROOT, SMALL_CONFIG, assert_same_workflow_outputs
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("DIFFUSEFLOW_SLURM_TEST") != "1",
@@ -22,16 +19,31 @@ pytestmark = pytest.mark.skipif(
 )
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-#: rule -> (cpus, mem MB, minutes) as the rules declare them (threads from the config: 2)
-EXPECTED = {
-    "simulate_sweeps": (2, 4000, 30),
-    "import_geometry": (1, 2000, 10),
-    "import_data": (2, 3000, 60),
-    "import_background": (2, 3000, 60),
-    "find_peaks": (2, 3000, 60),
-    "mask_peaks": (2, 3000, 60),
-    "bin_background": (2, 3000, 30),
-}
+
+
+def expected_requests(results) -> dict:
+    """rule -> (cpus, mem MB, minutes) that each rule should request: fixed for the small
+    rules, sized from the sweep (diffuseflow.resources) for the heavy ones; threads: 2."""
+    from diffuseflow.resources import estimate, stack_shape
+
+    crystal = stack_shape(results / "tiny/data.nxs")
+    background = stack_shape(results / "tiny_bkg/bkg_data.nxs")
+
+    def sized(step, shape):
+        r = estimate(step, shape, threads=2)
+        return (2, r["mem_mb"], r["runtime"])
+
+    return {
+        "simulate_sweeps": (2, 4000, 30),
+        "import_geometry": (1, 2000, 10),
+        "import_data": sized("import", crystal),
+        "import_background": sized("import", background),
+        "find_peaks": sized("find_peaks", crystal),
+        "mask_peaks": sized("mask_peaks", crystal),
+        "bin_background": sized("bin", background),
+        "qc_dataset": (1, 3000, 15),
+        "qc_background": (1, 2000, 10),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +85,14 @@ def test_workflow_through_slurm(cluster, tmp_path):
     before = max((j[0] for j in slurm_jobs()), default=0)
     run_workflow(tmp_path / "slurm", "--profile", str(ROOT / "profiles" / "slurm"))
     jobs = [j for j in slurm_jobs() if j[0] > before and j[1].startswith("rule_")]
+    expected = expected_requests(tmp_path / "slurm/results")
     seen = {}
     for _, comment, cpus, mem, limit, state in jobs:
-        rule = next(r for r in EXPECTED if comment.startswith(f"rule_{r}_"))
+        rule = next(r for r in expected if comment.startswith(f"rule_{r}_"))
         assert state == "COMPLETED", (comment, state)
         seen[rule] = (cpus, int(mem.rstrip("M")), minutes(limit))
     # every rule of the workflow ran as a SLURM job, with the resources it requests
-    assert seen == EXPECTED
+    assert seen == expected
 
     run_workflow(tmp_path / "local", "--cores", "2")
-    for path, dataset in [
-        ("tiny/data.nxs", "entry/image_series/data"),
-        ("tiny/mask.nxs", "entry/mask/signal"),
-        ("tiny/peaks.nxs", "entry/peak_model/sigma"),
-        ("tiny/peaks.nxs", "entry/peaks/observed_px_x"),
-        ("tiny_bkg/bkg_data_binned.nxs", "entry/binned_image_series/signal"),
-    ]:
-        with h5py.File(tmp_path / "slurm/results" / path) as a, \
-                h5py.File(tmp_path / "local/results" / path) as b:  # fmt: skip
-            np.testing.assert_array_equal(a[dataset][()], b[dataset][()])
+    assert_same_workflow_outputs(tmp_path / "slurm/results", tmp_path / "local/results")

@@ -161,3 +161,35 @@ def test_snase_binning_with_mask(snase_run, tmp_path):
     kept_mean = ca.sum() / na.sum()
     assert removed_mean > 1.5 * kept_mean, (removed_mean, kept_mean)  # random removal: 1.0
     assert 100 < np.nanmedian(sa) < 500  # ADU per second: 300-800 ADU per 2 s frame
+
+
+def test_snase_qc_figures_show_spots_inside_the_mask(snase_run):
+    """The workflow's QC for the real sweep: every figure, the zoomed spot of each sampled
+    frame masked, the untrusted regions drawn in the invalid colour, the summary = files."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+    from qc_checks import (
+        CRYSTAL_FIGURES,
+        assert_summary_matches,
+        check_png,
+        expected_crystal_numbers,
+        summary,
+    )
+
+    from diffuseflow.algorithms import qc
+    from diffuseflow.figures import INVALID_COLOUR
+
+    out = snase_run / "qc"
+    for fig in CRYSTAL_FIGURES:
+        check_png(out / f"{fig}.png")
+    assert_summary_matches(summary(out / "summary.tsv"), expected_crystal_numbers(snase_run))
+    with h5py.File(snase_run / "data.nxs") as f, h5py.File(snase_run / "mask.nxs") as m:
+        for i in qc.sample_frames(96):
+            image = f["entry/image_series/data"][i]
+            assert m["entry/mask/signal"][i][qc.brightest_valid(image)], i
+            assert np.all(image[untrusted_mask()] == -1)
+    rgb = imread(out / "frames.png")[..., :3]
+    blue = np.all(np.abs(rgb - to_rgb(INVALID_COLOUR)) < 0.03, axis=-1)
+    reddish = (rgb[..., 0] > rgb[..., 1] + 0.2) & (rgb[..., 0] > rgb[..., 2] + 0.2)
+    assert blue.mean() > 0.02  # beamstop and the 40-984 window frame
+    assert reddish.mean() > 0.002  # the mask overlay

@@ -4,37 +4,11 @@ affected rules rerun after a config edit, and bad configs refused before any job
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import pytest
 import yaml
-from conftest import ROOT
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-
-SMALL_CONFIG = {
-    "results": "results",
-    "threads": 2,
-    "simulations": {
-        "tiny": {"preset": "insulin", "seed": 2, "size": [520, 420], "frames": 10, "bkg_frames": 4}
-    },
-    "datasets": {
-        "tiny": {"expt": "resources/simulated/tiny/crystal/sweep.expt", "background": "tiny_bkg"}
-    },
-    "backgrounds": {"tiny_bkg": {"expt": "resources/simulated/tiny/background/sweep.expt"}},
-    "find_peaks": {"count_threshold": 20, "sigma_cutoff": 3},
-    "mask_peaks": {"sigma_cutoff": 3},
-    "bin_background": {"bins": [2, 20, 20], "valid_range": [0, 200]},
-}
-
-
-def snakemake(workdir, *args, config=None):
-    cfg = Path(workdir) / "config.yaml"
-    if config is not None:
-        cfg.write_text(yaml.safe_dump(config))
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(cfg), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from conftest import ROOT, SMALL_CONFIG, assert_same_workflow_outputs, snakemake
 
 
 def planned_jobs(proc) -> dict:
@@ -55,14 +29,6 @@ def test_lint_is_clean():
         timeout=120,
     )
     assert proc.returncode == 0 and "Lints for" not in proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def workflow_run(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("wf")
-    proc = snakemake(wd, config=SMALL_CONFIG)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return wd
 
 
 def test_end_to_end_outputs(workflow_run):
@@ -98,9 +64,9 @@ def test_end_to_end_outputs(workflow_run):
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [
-        ("mask_peaks", "sigma_cutoff", 2.5, {"mask_peaks"}),
-        ("find_peaks", "count_threshold", 25, {"find_peaks", "mask_peaks"}),
-        ("bin_background", "bins", [4, 20, 20], {"bin_background"}),
+        ("mask_peaks", "sigma_cutoff", 2.5, {"mask_peaks", "qc_dataset"}),
+        ("find_peaks", "count_threshold", 25, {"find_peaks", "mask_peaks", "qc_dataset"}),
+        ("bin_background", "bins", [4, 20, 20], {"bin_background", "qc_background", "qc_dataset"}),
     ],
 )
 def test_editing_a_parameter_reruns_only_what_it_affects(
@@ -127,6 +93,7 @@ def test_editing_a_parameter_reruns_only_what_it_affects(
         ),
         (lambda c: c["datasets"]["tiny"].update(background="nowhere"), "nowhere"),
         (lambda c: c["datasets"]["tiny"].update(expt="missing/sweep.expt"), "missing/sweep.expt"),
+        (lambda c: c.update(slabs=0), "slabs"),
     ],
 )
 def test_bad_config_is_refused_before_any_job(tmp_path, mutate, message):
@@ -169,3 +136,35 @@ def test_multi_sweep_config_end_to_end(tmp_path):
     assert params(res / "sweep_c/peaks.nxs")["count_threshold"] == 15
     assert params(res / "bkg_2/bkg_data_binned.nxs")["bins"] == [2, 20, 20]
     assert params(res / "bkg_1/bkg_data_binned.nxs")["bins"] == [4, 20, 20]
+    with h5py.File(res / "sweep_a/data.nxs") as f:  # the 3-slab sweep, gathered
+        assert "gathered from 3 slab jobs" in f.attrs["diffuseflow_program"]
+    assert not (res / "sweep_a/slabs").exists() or not any((res / "sweep_a/slabs").iterdir())
+
+
+def test_a_sweep_override_leaves_the_other_global_values(tmp_path):
+    """Overriding one key of a section for one sweep keeps the global value of the others
+    (the schema's defaults must not fill the override and hide them)."""
+    cfg = yaml.safe_load(yaml.safe_dump(SMALL_CONFIG))
+    cfg["find_peaks"] = {"count_threshold": 25, "sigma_cutoff": 2.5}
+    cfg["datasets"]["tiny"]["find_peaks"] = {"sigma_cutoff": 2.75}
+    proc = snakemake(tmp_path, "--dry-run", "--printshellcmds", config=cfg)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cmd = next(
+        line for line in proc.stdout.splitlines() if "find_peaks.py" in line and "--count" in line
+    )
+    assert "--count_threshold 25 " in cmd and "--sigma_cutoff 2.75 " in cmd, cmd
+
+
+def test_slab_jobs_in_the_workflow_equal_one_job(workflow_run, tmp_path):
+    """slabs: 3 splits import, peak search and mask of both sweeps into slab jobs of whole
+    frame-chunks; every output equals the one-job run's, and the parts are removed."""
+    cfg = yaml.safe_load(yaml.safe_dump(SMALL_CONFIG))
+    cfg["slabs"] = 3
+    plan = planned_jobs(snakemake(tmp_path, "--dry-run", config=cfg))
+    assert plan["import_slab"] == 6 and plan["find_peaks_slab"] == 3 and plan["mask_slab"] == 3
+    proc = snakemake(tmp_path, config=cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_workflow_outputs(tmp_path / "results", workflow_run / "results")
+    assert not list((tmp_path / "results").glob("*/slabs/*.nxs"))
+    for rule, n in (("import_slab", 6), ("find_peaks_slab", 3), ("mask_slab", 3)):
+        assert len(list((tmp_path / "benchmarks" / rule).glob("*.tsv"))) == n, rule

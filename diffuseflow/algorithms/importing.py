@@ -206,13 +206,21 @@ def write_data(
     parameters: dict | None = None,
     log=print,
     reader: str = "builtin",
+    job: tuple[int, int] | None = None,
 ):
-    """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid)."""
+    """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid).
+
+    job = (k, n): slab job k of n writes only its own frames' chunks into the full-shape stack
+    (a partial file, assembled by ``nexus.gather_partials``)."""
     frames = frame_reader(expt, untrusted, reader)
     n = expt.scan.num_images
     ny, nx = expt.panel.shape
     chunks = resolve_chunks(expt, chunks)
     slabs = nexus.slab_bounds(n, chunks[0])
+    if job is not None:
+        first, last = nexus.job_frames(n, chunks[0], *job)
+        slabs = [(a, b) for a, b in slabs if first <= a < last]
+        log(f"slab job {job[0]} of {job[1]}: frames {first} to {last - 1}")
     log(f"Image data shape (phi, iy, ix): {(n, ny, nx)}")
     log(f"Chunks (phi, iy, ix): {chunks}; writing {len(slabs)} image batches")
     params = dict(
@@ -224,6 +232,13 @@ def write_data(
     inputs = [expt.path]
     with nexus.atomic_output(outfile) as tmp, ThreadPoolExecutor(max(1, nproc)) as pool:
         with nexus.new_file(tmp, "import_data", params, inputs) as f:
+            if job is not None:
+                nexus.mark_partial(f, (first, last), job)
+            # the resolved experiment travels with the data, so QC and later steps can compute
+            # per-pixel geometry (e.g. resolution of a background sweep) without the .expt
+            f["entry"].create_dataset(
+                "diffuseflow_experiment", data=json.dumps(experiment_to_dict(expt))
+            )
             g = nexus.image_series_group(
                 f["entry"],
                 expt.scan.frame_centres(),

@@ -65,14 +65,18 @@ def hot_pixel_indices(peaks_phi, peaks_iy, peaks_ix, phi_axis, iy_axis, ix_axis)
     return idx(phi_axis, peaks_phi), idx(iy_axis, peaks_iy), idx(ix_axis, peaks_ix)
 
 
-def write_mask(masker, series_axes, shape, chunks, hot, bragg, dset_writer, log=print):
-    """Compute and write the mask slab by slab. Returns (masked pixels, total pixels)."""
+def write_mask(
+    masker, series_axes, shape, chunks, hot, bragg, dset_writer, frame_range=None, log=print
+):
+    """Compute and write the mask slab by slab (only frames [start, stop) of frame_range, which
+    must be chunk-aligned, if given). Returns the masked pixels per frame."""
     n, ny, nx = shape
     phi_idx, iy_idx, ix_idx = hot
     order = np.argsort(phi_idx, kind="stable")
     phi_idx, iy_idx, ix_idx = phi_idx[order], iy_idx[order], ix_idx[order]
-    total = 0
-    for start in range(0, n, chunks[0]):
+    per_frame = np.zeros(n, np.int64)
+    first, last = frame_range or (0, n)
+    for start in range(first, last, chunks[0]):
         stop = min(start + chunks[0], n)
         slab = np.empty((stop - start, ny, nx), np.bool_)
         for i in range(start, stop):
@@ -83,8 +87,8 @@ def write_mask(masker, series_axes, shape, chunks, hot, bragg, dset_writer, log=
             lo, hi = np.searchsorted(phi_idx, [start, stop])
             slab[phi_idx[lo:hi] - start, iy_idx[lo:hi], ix_idx[lo:hi]] = True
         dset_writer.write(start, slab)
-        k = int(np.count_nonzero(slab))
-        total += k
-        log(f"frames {start} to {stop - 1}: masked {k / slab.size:.3%}")
-    log(f"Masked pixels: {total / (n * ny * nx):.2%}")
-    return total, n * ny * nx
+        per_frame[start:stop] = np.count_nonzero(slab, axis=(1, 2))
+        log(f"frames {start} to {stop - 1}: masked {per_frame[start:stop].sum() / slab.size:.3%}")
+    done = max(1, (last - first) * ny * nx)
+    log(f"Masked pixels in frames {first} to {last - 1}: {per_frame.sum() / done:.2%}")
+    return per_frame

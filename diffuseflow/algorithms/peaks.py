@@ -244,13 +244,24 @@ def search_hot_pixels(series, count_threshold, frame_range=None, pool=None, log=
     return HotPixels(f, y, x, n_valid, hist, float(count_threshold), tuple(rng))
 
 
+@dataclass
+class PeakFit:
+    """The gather step's result: the model, and per hot pixel its position, fractional Miller
+    offset and outlier flag; plus the background statistics of the searched pixels."""
+
+    model: PeakModel
+    outliers: np.ndarray
+    phi: np.ndarray
+    iy: np.ndarray
+    ix: np.ndarray
+    offsets: np.ndarray
+    stats: dict
+
+
 def fit_hot_pixels(
     geomfile, hot: HotPixels, phi_axis, sigma_cutoff, mdx2_compat, source, log=print
-):
-    """Index the peak pixels and fit the peak model (the gather step).
-
-    Returns (model, outliers, (phi, iy, ix) of every hot pixel, background statistics).
-    """
+) -> PeakFit:
+    """Index the peak pixels and fit the peak model (the gather step)."""
     if not sigma_cutoff > 0:
         raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
     if hot.n_valid == 0:
@@ -276,27 +287,33 @@ def fit_hot_pixels(
     log("Error ellipsoid semi-axis lengths: " + ", ".join(f"{v:.6f}" for v in s))
     for k, a in enumerate(axes, 1):
         log(f"  principal axis {k}: ({', '.join(f'{v:.6f}' for v in a)})")
-    return model, outliers, (phi, iy, ix), stats
+    return PeakFit(model, outliers, phi, iy, ix, offsets, stats)
 
 
-def find_peaks(geomfile, series, count_threshold, sigma_cutoff, mdx2_compat, pool=None, log=print):
-    """Search every slab for hot pixels, index them and fit the peak model (one process)."""
-    if not sigma_cutoff > 0:
-        raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
-    hot = search_hot_pixels(series, count_threshold, None, pool, log)
-    return fit_hot_pixels(geomfile, hot, series.phi, sigma_cutoff, mdx2_compat, series.path, log)
-
-
-def write_hot_pixels(entry, hot, phi_axis):
-    """A partial find_peaks result (one frame run): peak pixels in mdx2's Peaks layout plus
-    what the gather step needs (valid pixels, value histogram, threshold, frame run)."""
-    nexus.write_peaks(entry, "peaks", np.asarray(phi_axis)[hot.frame], hot.iy, hot.ix)
+def write_search(entry, hot: HotPixels, fit: PeakFit | None = None):
+    """What the search saw, beside mdx2's groups: per hot pixel its frame (and, after the fit,
+    its fractional offset and outlier flag), the valid pixels searched, the value histogram
+    (every HIST_STRIDE-th pixel), the threshold and the frame run. The gather step reads it
+    from partial files; the QC report reads it from peaks.nxs."""
     g = entry.create_group("diffuseflow_search")
     g.create_dataset("frame", data=hot.frame)
     g.create_dataset("n_valid", data=np.int64(hot.n_valid))
     g.create_dataset("histogram", data=hot.hist, compression="gzip", shuffle=True)
+    g.attrs["histogram_stride"] = HIST_STRIDE
     g.create_dataset("count_threshold", data=hot.threshold)
     g.create_dataset("frames", data=np.asarray(hot.frames, np.int64))
+    if fit is not None:
+        g.create_dataset("offsets", data=fit.offsets, compression="gzip", shuffle=True)
+        g.create_dataset("outlier", data=fit.outliers, compression="gzip")
+        g.create_dataset("suggested_count_threshold", data=float(fit.stats["threshold"]))
+    return g
+
+
+def write_hot_pixels(entry, hot, phi_axis):
+    """A partial find_peaks result (one frame run): peak pixels in mdx2's Peaks layout plus
+    what the gather step needs."""
+    nexus.write_peaks(entry, "peaks", np.asarray(phi_axis)[hot.frame], hot.iy, hot.ix)
+    write_search(entry, hot)
 
 
 def read_hot_pixels(path):

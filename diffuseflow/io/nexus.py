@@ -264,6 +264,104 @@ def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecuto
     return out
 
 
+def job_frames(n_frames: int, frames_per_chunk: int, job: int, n_jobs: int) -> tuple[int, int]:
+    """Frames [start, stop) of slab job ``job`` of ``n_jobs``: whole frame-chunks, spread as
+    evenly as possible, so every job writes whole chunks and the gather step can copy them.
+    With fewer chunks than jobs some jobs get no frames (start == stop)."""
+    if not 0 <= job < n_jobs:
+        raise InputError(f"slab job {job} of {n_jobs}: the job index must be in 0-{n_jobs - 1}")
+    n_chunks = -(-n_frames // frames_per_chunk)
+    lo, hi = job * n_chunks // n_jobs, (job + 1) * n_chunks // n_jobs
+    return min(lo * frames_per_chunk, n_frames), min(hi * frames_per_chunk, n_frames)
+
+
+def mark_partial(f: h5py.File, frames: tuple[int, int], job: tuple[int, int]):
+    """Tag a file written by one slab job: its frames and which job of how many."""
+    f.attrs["diffuseflow_partial_frames"] = np.asarray(frames, np.int64)
+    f.attrs["diffuseflow_partial_job"] = np.asarray(job, np.int64)
+
+
+#: the chunked stacks a slab job writes part of
+STACKS = ("entry/image_series/data", "entry/mask/signal")
+
+
+def gather_partials(parts, outfile, expect: dict | None = None):
+    """Assemble the partial files of one sweep (written by slab jobs) into one file.
+
+    Every part holds the full-shape stack with only its own frames' chunks written; the first
+    part is copied whole (HDF5 copies chunks without decoding) and the other parts' chunks are
+    moved raw (read_direct_chunk -> write_direct_chunk: no recompression), so the result is
+    the file a single job would have written, chunk for chunk. Per-frame mask counts add up.
+    ``expect``: parameters every part must have been made with (stale parts are refused).
+    """
+    opened = []
+    try:
+        for p in parts:
+            f = open_input(p, "a partial file from a slab job")
+            opened.append(f)
+            if "diffuseflow_partial_frames" not in f.attrs:
+                raise InputError(f"{p}: not a partial file from a slab job (--slab)")
+            made_with = json.loads(f.attrs.get("diffuseflow_parameters", "{}"))
+            for key, want in (expect or {}).items():
+                if made_with.get(key) != want:
+                    raise InputError(
+                        f"{p}: made with {key}={made_with.get(key)!r}, not {want!r}; "
+                        "rerun its slab job"
+                    )
+        opened.sort(key=lambda f: int(f.attrs["diffuseflow_partial_frames"][0]))
+        stack = next((s for s in STACKS if s in opened[0]), None)
+        if stack is None:
+            raise InputError(f"{opened[0].filename}: has none of {', '.join(STACKS)}")
+        first = opened[0][stack]
+        n_jobs = {int(f.attrs["diffuseflow_partial_job"][1]) for f in opened}
+        if n_jobs != {len(opened)}:
+            split = " or ".join(map(str, sorted(n_jobs)))
+            raise InputError(
+                f"got {len(opened)} partial files, but they are parts of a split into {split} "
+                "slab jobs"
+            )
+        end = 0
+        for f in opened:
+            a, b = (int(v) for v in f.attrs["diffuseflow_partial_frames"])
+            if a != end:
+                raise InputError(f"{f.filename}: starts at frame {a}, expected {end} (gap?)")
+            end = b
+            d = f.get(stack)
+            if d is None or (d.shape, d.chunks, d.dtype) != (
+                first.shape,
+                first.chunks,
+                first.dtype,
+            ):
+                raise InputError(f"{f.filename}: its {stack} differs from {opened[0].filename}'s")
+        if end != first.shape[0]:
+            raise InputError(f"the partial files cover frames 0-{end}, not 0-{first.shape[0]}")
+        with atomic_output(outfile) as tmp:
+            with h5py.File(tmp, "w", track_order=True) as out:
+                src = opened[0]
+                for k, v in src.attrs.items():
+                    if not k.startswith("diffuseflow_partial"):
+                        out.attrs[k] = v
+                out.attrs["diffuseflow_program"] = (
+                    f"{src.attrs['diffuseflow_program']} (gathered from {len(opened)} slab jobs)"
+                )
+                out.attrs["diffuseflow_parts"] = json.dumps(describe_inputs(parts))
+                for key in src:
+                    src.copy(src[key], out, name=key)
+                dst = out[stack]
+                for f in opened[1:]:
+                    d = f[stack]
+                    for i in range(d.id.get_num_chunks()):
+                        offset = d.id.get_chunk_info(i).chunk_offset
+                        mask, data = d.id.read_direct_chunk(offset)
+                        dst.id.write_direct_chunk(offset, data, mask)
+                counts = "entry/diffuseflow_mask/masked_pixels"
+                if counts in out:
+                    out[counts][...] = np.sum([f[counts][()] for f in opened], axis=0)
+    finally:
+        for f in opened:
+            f.close()
+
+
 def slab_bounds(n_frames: int, frames_per_slab: int):
     """[(start, stop), ...] covering n_frames in runs of frames_per_slab."""
     return [(s, min(s + frames_per_slab, n_frames)) for s in range(0, n_frames, frames_per_slab)]
@@ -308,7 +406,7 @@ class ImageSeries:
         if frame_range is None:
             return bounds
         a, b = frame_range
-        if not 0 <= a < b <= self.shape[0]:
+        if not 0 <= a <= b <= self.shape[0]:
             raise InputError(f"{self.path}: frame range [{a}, {b}) outside 0-{self.shape[0]}")
         return [(max(s, a), min(e, b)) for s, e in bounds if s < b and e > a]
 
@@ -367,6 +465,28 @@ def mask_dataset(entry, axes, chunks) -> h5py.Dataset:
         g.create_dataset(f"axis{k}", data=np.asarray(ax, float))
     shape = tuple(len(ax) for ax in axes)
     return create_stack(g, "signal", shape, bool, chunks, shuffle=False)
+
+
+def write_mask_counts(entry, per_frame):
+    """Masked pixels per frame, beside mdx2's mask (for QC without re-reading the mask)."""
+    g = entry.create_group("diffuseflow_mask")
+    g.create_dataset("masked_pixels", data=np.asarray(per_frame, np.int64))
+
+
+def read_mask_counts(path) -> np.ndarray:
+    """Masked pixels per frame of a mask.nxs: the stored counts, or (for a mask written by
+    mdx2) counted slab by slab."""
+    with open_input(path, "mask.nxs", ["mask"]) as f:
+        if "entry/diffuseflow_mask/masked_pixels" in f:
+            return f["entry/diffuseflow_mask/masked_pixels"][()]
+        dset = f["entry/mask/signal"]
+        step = dset.chunks[0] if dset.chunks else 1
+        return np.concatenate(
+            [
+                np.count_nonzero(dset[i : i + step], axis=(1, 2))
+                for i in range(0, dset.shape[0], step)
+            ]
+        )
 
 
 def write_peaks(entry, name, phi, iy, ix):

@@ -13,8 +13,8 @@ rule bin_background:
         "../../envs/diffuseflow.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=job_size("bin", "mem_mb", "data"),
+        runtime=job_size("bin", "runtime", "data"),
     params:
         bins=lambda wc: " ".join(
             map(str, setting(wc.background, "bin_background", "bins"))

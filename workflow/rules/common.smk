@@ -1,8 +1,14 @@
+import copy
 import re
 import shlex
 
 from snakemake.utils import validate
 
+from diffuseflow import resources as sizing
+
+# per-sweep overrides as the user wrote them: validation fills schema defaults into every
+# section it sees, and a filled-in default must not hide the global value
+WRITTEN = copy.deepcopy(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = config["datasets"]
@@ -26,12 +32,60 @@ wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)) if DATASETS else "(?!)",
     background="|".join(map(re.escape, BACKGROUNDS)) if BACKGROUNDS else "(?!)",
     sim="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    sweep="|".join(map(re.escape, [*DATASETS, *BACKGROUNDS])) or "(?!)",
+    slab=r"\d+",
+
+
+def written_sweep(name):
+    return (
+        WRITTEN.get("datasets", {}).get(name)
+        or WRITTEN.get("backgrounds", {}).get(name)
+        or {}
+    )
 
 
 def setting(name, section, key):
     """A parameter for one sweep: its own override if given, else the global value."""
-    sweep = DATASETS.get(name) or BACKGROUNDS.get(name) or {}
-    return sweep.get(section, {}).get(key, config[section][key])
+    return written_sweep(name).get(section, {}).get(key, config[section][key])
+
+
+def n_slabs(name):
+    """How many slab jobs one sweep's import, peak search and masking are split into."""
+    return written_sweep(name).get("slabs", config["slabs"])
+
+
+def slab_parts(name, stem):
+    """Partial files of a split step (none when the sweep runs as one job)."""
+    n = n_slabs(name)
+    return [f"{RESULTS}/{name}/slabs/{stem}.{k}.nxs" for k in range(n)] if n > 1 else []
+
+
+def sweep_name(wildcards):
+    for key in ("dataset", "background", "sweep"):
+        if key in wildcards.keys():
+            return wildcards[key]
+    raise KeyError("no sweep wildcard")
+
+
+def job_size(step, key, source, per_slab=False):
+    """A resource (mem_mb or runtime) for one job, sized from the sweep's shape: from the .expt
+    (import) or from data.nxs (later steps). Until that input exists, Snakemake shows it as
+    <TBD> and asks again when the job is ready to run."""
+
+    def size(wildcards, input, threads):
+        if source == "expt":
+            shape = sizing.expt_shape(input.expt)
+        else:
+            shape = sizing.stack_shape(input.data)
+        slabs = n_slabs(sweep_name(wildcards)) if per_slab else 1
+        return sizing.estimate(step, shape, threads, slabs)[key]
+
+    return size
+
+
+def gather_args(parts):
+    """--gather PART ... for a split step's assembling job ("" when it runs as one job)."""
+    return "--gather " + " ".join(map(shlex.quote, parts)) if parts else ""
 
 
 def sweep_expt(name):
@@ -64,6 +118,11 @@ def all_targets():
         ]
         if ds.get("background"):
             targets.append(f"{RESULTS}/{ds['background']}/bkg_data_binned.nxs")
+        if config["qc"]:
+            targets.append(f"{RESULTS}/{name}/qc/summary.tsv")
+    if config["qc"]:
+        used = {ds["background"] for ds in DATASETS.values() if ds.get("background")}
+        targets += [f"{RESULTS}/{b}/qc/summary.tsv" for b in sorted(used)]
     return targets
 
 
@@ -87,3 +146,29 @@ def simulation_args(sim):
     if s.get("compress"):
         args.append(f"--compress {s['compress']}")
     return " ".join(args)
+
+
+QC_CRYSTAL_FIGURES = ("offsets", "mahalanobis", "counts", "frames", "masked_fraction")
+QC_BACKGROUND_FIGURES = ("background", "radial")
+
+
+def qc_outputs(kind, figures):
+    """Figures and summary of one sweep, each tagged for `snakemake --report`."""
+    name = f"{{{kind}}}"
+    out = {
+        fig: report(
+            f"{RESULTS}/{name}/qc/{fig}.png",
+            caption=f"../report/{fig}.rst",
+            category=name,
+            subcategory="figures",
+        )
+        for fig in figures
+    }
+    out["summary"] = report(
+        f"{RESULTS}/{name}/qc/summary.html",
+        caption="../report/summary.rst",
+        category=name,
+        subcategory="summary",
+    )
+    out["table"] = f"{RESULTS}/{name}/qc/summary.tsv"
+    return out

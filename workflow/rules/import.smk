@@ -22,11 +22,40 @@ rule import_geometry:
         "{params.compat} --outfile {output:q} > {log:q} 2>&1"
 
 
+rule import_slab:
+    """One slab job of a split import (config `slabs` > 1): its frame-chunks of the stack."""
+    input:
+        script=script("import_data"),
+        expt=lambda wc: sweep_expt(wc.sweep),
+    output:
+        temp(f"{RESULTS}/{{sweep}}/slabs/{{stem,data|bkg_data}}.{{slab}}.nxs"),
+    log:
+        "logs/import_slab/{sweep}.{stem}.{slab}.log",
+    benchmark:
+        "benchmarks/import_slab/{sweep}.slab{slab}.{stem}.tsv"
+    conda:
+        "../../envs/diffuseflow.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=job_size("import", "mem_mb", "expt"),
+        runtime=job_size("import", "runtime", "expt", per_slab=True),
+    params:
+        chunks=lambda wc: " ".join(map(str, setting(wc.sweep, "import", "chunks"))),
+        untrusted=lambda wc: untrusted_args(wc.sweep),
+        slabs=lambda wc: n_slabs(wc.sweep),
+    shell:
+        "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
+        "{params.untrusted} --slab {wildcards.slab} {params.slabs} --nproc {threads} "
+        "--outfile {output:q} > {log:q} 2>&1"
+
+
 rule import_data:
-    """The crystal sweep's images -> int32 image stack (-1 = invalid) in data.nxs."""
+    """The crystal sweep's images -> int32 image stack (-1 = invalid) in data.nxs (one job,
+    or the assembly of the slab jobs' parts)."""
     input:
         script=script("import_data"),
         expt=lambda wc: sweep_expt(wc.dataset),
+        parts=lambda wc: slab_parts(wc.dataset, "data"),
     output:
         f"{RESULTS}/{{dataset}}/data.nxs",
     log:
@@ -37,14 +66,16 @@ rule import_data:
         "../../envs/diffuseflow.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=job_size("import", "mem_mb", "expt"),
+        runtime=job_size("import", "runtime", "expt"),
     params:
         chunks=lambda wc: " ".join(map(str, setting(wc.dataset, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.dataset),
+        gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} --nproc {threads} --outfile {output:q} > {log:q} 2>&1"
+        "{params.untrusted} {params.gather} --nproc {threads} --outfile {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule import_background:
@@ -52,6 +83,7 @@ rule import_background:
     input:
         script=script("import_data"),
         expt=lambda wc: sweep_expt(wc.background),
+        parts=lambda wc: slab_parts(wc.background, "bkg_data"),
     output:
         f"{RESULTS}/{{background}}/bkg_data.nxs",
     log:
@@ -62,11 +94,13 @@ rule import_background:
         "../../envs/diffuseflow.yaml"
     threads: config["threads"]
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=job_size("import", "mem_mb", "expt"),
+        runtime=job_size("import", "runtime", "expt"),
     params:
         chunks=lambda wc: " ".join(map(str, setting(wc.background, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.background),
+        gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} --nproc {threads} --outfile {output:q} > {log:q} 2>&1"
+        "{params.untrusted} {params.gather} --nproc {threads} --outfile {output:q} "
+        "> {log:q} 2>&1"

@@ -1,0 +1,54 @@
+rule qc_dataset:
+    """QC figures and summary of a crystal sweep (peaks, mask, frames)."""
+    input:
+        script=script("plot_qc"),
+        geom=rules.import_geometry.output[0],
+        data=rules.import_data.output[0],
+        peaks=rules.find_peaks.output[0],
+        mask=rules.mask_peaks.output[0],
+        background=lambda wc: (
+            f"{RESULTS}/{DATASETS[wc.dataset]['background']}/bkg_data_binned.nxs"
+            if DATASETS[wc.dataset].get("background")
+            else []
+        ),
+    output:
+        **qc_outputs("dataset", QC_CRYSTAL_FIGURES),
+    log:
+        "logs/qc_dataset/{dataset}.log",
+    conda:
+        "../../envs/diffuseflow.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    params:
+        sweep=lambda wc: f"{RESULTS}/{wc.dataset}",
+        outdir=lambda wc: f"{RESULTS}/{wc.dataset}/qc",
+        background=lambda wc, input: (
+            f"--background {shlex.quote(input.background)}" if input.background else ""
+        ),
+    shell:
+        "python {input.script:q} {params.sweep:q} -o {params.outdir:q} "
+        "{params.background} --benchmarks benchmarks > {log:q} 2>&1"
+
+
+rule qc_background:
+    """QC figures and summary of a background sweep (binned background, radial profile)."""
+    input:
+        script=script("plot_qc"),
+        data=rules.import_background.output[0],
+        binned=rules.bin_background.output[0],
+    output:
+        **qc_outputs("background", QC_BACKGROUND_FIGURES),
+    log:
+        "logs/qc_background/{background}.log",
+    conda:
+        "../../envs/diffuseflow.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        sweep=lambda wc: f"{RESULTS}/{wc.background}",
+        outdir=lambda wc: f"{RESULTS}/{wc.background}/qc",
+    shell:
+        "python {input.script:q} {params.sweep:q} -o {params.outdir:q} "
+        "--benchmarks benchmarks > {log:q} 2>&1"
