@@ -155,3 +155,19 @@ def test_report_renders_with_every_figure_in_chromium(workflow_run, tmp_path):
         want = {f"results/{category}/qc/{fig}.png" for fig in figures}
         assert set(shown) == want, shown
         assert all(width >= 500 for width in shown.values()), shown
+
+
+def test_plot_qc_on_peaks_without_the_search_record(insulin_run, tmp_path):
+    """A peaks.nxs from mdx2 (no diffuseflow_search group): one line saying what to do."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for name in ("geometry.nxs", "data.nxs", "peaks.nxs", "mask.nxs"):
+        shutil.copy(insulin_run / name, sweep / name)
+    with h5py.File(sweep / "peaks.nxs", "a") as f:
+        del f["entry/diffuseflow_search"]
+    proc = run_script("plot_qc", sweep, "-o", tmp_path / "qc", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "rerun find_peaks" in lines[0]
+    assert not list((tmp_path / "qc").glob("*.png"))

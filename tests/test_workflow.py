@@ -168,3 +168,44 @@ def test_slab_jobs_in_the_workflow_equal_one_job(workflow_run, tmp_path):
     assert not list((tmp_path / "results").glob("*/slabs/*.nxs"))
     for rule, n in (("import_slab", 6), ("find_peaks_slab", 3), ("mask_slab", 3)):
         assert len(list((tmp_path / "benchmarks" / rule).glob("*.tsv"))) == n, rule
+
+
+#: conda-forge names of the PyPI dependencies where they differ
+CONDA_NAME = {"isal": "python-isal", "matplotlib": "matplotlib-base"}
+
+
+def env_packages(path):
+    deps = yaml.safe_load(path.read_text())["dependencies"]
+    names = {re.split(r"[<>=! ]", d)[0] for d in deps if isinstance(d, str)}
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    return names, pip
+
+
+def test_conda_envs_provide_what_the_package_needs():
+    """envs/*.yaml (for --sdm conda; conda-forge is not reachable here, so no solve) carry
+    every run-time dependency of pyproject.toml and install this checkout without deps."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {
+        CONDA_NAME.get(n, n) for n in (re.split(r"[<>=! ]", d)[0] for d in project["dependencies"])
+    }
+    for env in ("diffuseflow", "dxtbx"):
+        names, pip = env_packages(ROOT / "envs" / f"{env}.yaml")
+        assert needed <= names, (env, needed - names)
+        assert pip == ["--no-deps", ".."]
+    assert "dxtbx" in env_packages(ROOT / "envs" / "dxtbx.yaml")[0]
+
+
+def test_dxtbx_reader_from_the_config(tmp_path):
+    """import.reader: dxtbx reaches every import job (which then runs in envs/dxtbx.yaml)."""
+    cfg = yaml.safe_load(yaml.safe_dump(SMALL_CONFIG))
+    cfg["backgrounds"]["tiny_bkg"]["import"] = {"reader": "dxtbx"}
+    proc = snakemake(tmp_path, "--dry-run", "--printshellcmds", config=cfg)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imports = [
+        line for line in proc.stdout.splitlines() if "import_data.py" in line and "--reader" in line
+    ]
+    assert len(imports) == 2
+    assert sum("--reader dxtbx" in line for line in imports) == 1
+    assert sum("--reader builtin" in line for line in imports) == 1

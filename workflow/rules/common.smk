@@ -88,6 +88,12 @@ def gather_args(parts):
     return "--gather " + " ".join(map(shlex.quote, parts)) if parts else ""
 
 
+def import_env(name):
+    """Conda environment of a sweep's import jobs: dxtbx's when it reads through dxtbx."""
+    env = "dxtbx" if setting(name, "import", "reader") == "dxtbx" else "diffuseflow"
+    return f"{workflow.basedir}/envs/{env}.yaml"
+
+
 def sweep_expt(name):
     sweep = DATASETS.get(name) or BACKGROUNDS[name]
     return sweep["expt"]

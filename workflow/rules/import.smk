@@ -34,7 +34,7 @@ rule import_slab:
     benchmark:
         "benchmarks/import_slab/{sweep}.slab{slab}.{stem}.tsv"
     conda:
-        "../../envs/diffuseflow.yaml"
+        lambda wc: import_env(wc.sweep)
     threads: config["threads"]
     resources:
         mem_mb=job_size("import", "mem_mb", "expt"),
@@ -42,10 +42,12 @@ rule import_slab:
     params:
         chunks=lambda wc: " ".join(map(str, setting(wc.sweep, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.sweep),
+        reader=lambda wc: setting(wc.sweep, "import", "reader"),
         slabs=lambda wc: n_slabs(wc.sweep),
     shell:
         "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} --slab {wildcards.slab} {params.slabs} --nproc {threads} "
+        "{params.untrusted} --reader {params.reader} "
+        "--slab {wildcards.slab} {params.slabs} --nproc {threads} "
         "--outfile {output:q} > {log:q} 2>&1"
 
 
@@ -63,7 +65,7 @@ rule import_data:
     benchmark:
         "benchmarks/import_data/{dataset}.tsv"
     conda:
-        "../../envs/diffuseflow.yaml"
+        lambda wc: import_env(wc.dataset)
     threads: config["threads"]
     resources:
         mem_mb=job_size("import", "mem_mb", "expt"),
@@ -71,10 +73,12 @@ rule import_data:
     params:
         chunks=lambda wc: " ".join(map(str, setting(wc.dataset, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.dataset),
+        reader=lambda wc: setting(wc.dataset, "import", "reader"),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} {params.gather} --nproc {threads} --outfile {output:q} "
+        "{params.untrusted} --reader {params.reader} {params.gather} "
+        "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
 
 
@@ -91,7 +95,7 @@ rule import_background:
     benchmark:
         "benchmarks/import_background/{background}.tsv"
     conda:
-        "../../envs/diffuseflow.yaml"
+        lambda wc: import_env(wc.background)
     threads: config["threads"]
     resources:
         mem_mb=job_size("import", "mem_mb", "expt"),
@@ -99,8 +103,10 @@ rule import_background:
     params:
         chunks=lambda wc: " ".join(map(str, setting(wc.background, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.background),
+        reader=lambda wc: setting(wc.background, "import", "reader"),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} {params.gather} --nproc {threads} --outfile {output:q} "
+        "{params.untrusted} --reader {params.reader} {params.gather} "
+        "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
