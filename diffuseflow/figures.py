@@ -103,9 +103,8 @@ def count_histogram(search: qc.PeakSearch, path):
     """Pixel values (log-log), with count_threshold and the automatic suggestion."""
     edges, density = qc.log_binned_histogram(search.histogram)
     fig, ax = plt.subplots(figsize=(7, 4.4), constrained_layout=True)
-    ok = density > 0
-    centres = np.sqrt(edges[:-1] * np.maximum(edges[1:] - 1, edges[:-1]))
-    ax.step(centres[ok], density[ok], where="mid", color="k", lw=1)
+    # empty bins are gaps (NaN), not steps bridging them
+    ax.stairs(np.where(density > 0, density, np.nan), edges, color="k", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.axvline(

@@ -364,3 +364,26 @@ def test_mask_and_peak_search_in_slab_jobs_equal_one_job(insulin_run, tmp_path):
                       *mask_parts[1:], "--outfile", tmp_path / "m2.nxs", check=False)  # fmt: skip
     assert proc.returncode == 2 and "sigma_cutoff=2.5" in proc.stderr
     assert not (tmp_path / "m2.nxs").exists()
+
+
+def test_auto_threshold_is_the_same_in_every_slab_job(insulin_run, tmp_path):
+    """count_threshold auto in slab jobs: each job estimates it from the same sampled slabs of
+    the whole sweep, so the parts agree and the gather equals a single auto run."""
+    d = insulin_run
+    geom, data = d / "geometry.nxs", tmp_path / "data.nxs"
+    run_script("import_data", d / "crystal/sweep.expt", "--chunks", 5, 0, 0, "--outfile", data)
+    one = tmp_path / "one.nxs"
+    run_script("find_peaks", geom, data, "--count_threshold", "auto", "--outfile", one)
+    parts = [tmp_path / f"part{k}.nxs" for k in range(2)]
+    for k, part in enumerate(parts):
+        run_script("find_peaks", geom, data, "--count_threshold", "auto", "--slab", k, 2,
+                   "--outfile", part)  # fmt: skip
+    run_script("find_peaks", geom, data, "--count_threshold", "auto", "--gather", *parts,
+               "--outfile", tmp_path / "gathered.nxs")  # fmt: skip
+    with h5py.File(tmp_path / "gathered.nxs") as a, h5py.File(one) as b:
+        for key in ("peak_model/r0", "peak_model/sigma", "peaks/observed_px_x"):
+            np.testing.assert_array_equal(a[f"entry/{key}"][()], b[f"entry/{key}"][()])
+    # a numeric threshold that differs from the parts' is refused, naming both
+    proc = run_script("find_peaks", geom, data, "--count_threshold", 999, "--gather", *parts,
+                      "--outfile", tmp_path / "bad.nxs", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "count_threshold" in proc.stderr and "999" in proc.stderr
