@@ -13,6 +13,7 @@ import sys
 import time
 
 from diffuseflow.errors import InputError
+from diffuseflow.io import nexus
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +63,18 @@ def add_gather(p: argparse.ArgumentParser):
         help="assemble the partial files of the N slab jobs (--slab K N) into --outfile, "
         "copying compressed chunks as they are; equals a single-job run",
     )
+
+
+def gather_if_asked(a, expect: dict) -> bool:
+    """With --gather: assemble the slab jobs' parts into --outfile (refusing parts not made
+    with ``expect``) and return True, the tool's work being done; else False."""
+    if not a.gather:
+        return False
+    if a.slab:
+        raise InputError("give --slab (one job) or --gather (assemble the jobs), not both")
+    nexus.gather_partials(a.gather, a.outfile, expect)
+    log(f"gathered {len(a.gather)} slab files into {a.outfile}")
+    return True
 
 
 def check_slab(slab):

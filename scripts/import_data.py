@@ -11,8 +11,6 @@ file), then one run with --gather PART ... assembles them; the result equals a s
 
 from diffuseflow import cli
 from diffuseflow.algorithms.importing import geometry_summary, write_data
-from diffuseflow.errors import InputError
-from diffuseflow.io import nexus
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.images import parse_untrusted
 
@@ -47,11 +45,7 @@ def main(argv):
     cli.add_nproc(p)
     a = p.parse_args(argv)
     job = cli.check_slab(a.slab)
-    if a.gather:
-        if job:
-            raise InputError("give --slab (one job) or --gather (assemble the jobs), not both")
-        nexus.gather_partials(a.gather, a.outfile, {"expt": a.expt})
-        cli.log(f"gathered {len(a.gather)} slab files into {a.outfile}")
+    if cli.gather_if_asked(a, {"expt": a.expt}):
         return
     cli.set_threads(a.nproc)
     regions = parse_untrusted(a.untrusted, "--untrusted")

@@ -12,7 +12,6 @@ from diffuseflow import cli
 from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.algorithms.mask import PeakMasker, hot_pixel_indices, write_mask
 from diffuseflow.algorithms.peaks import PeakModel
-from diffuseflow.errors import InputError
 from diffuseflow.io import nexus
 
 
@@ -42,11 +41,7 @@ def main(argv):
         "absences": absences,
         "mdx2_compat": a.mdx2_compat,
     }
-    if a.gather:
-        if job:
-            raise InputError("give --slab (one job) or --gather (assemble the jobs), not both")
-        nexus.gather_partials(a.gather, a.outfile, params)
-        cli.log(f"gathered {len(a.gather)} slab files into {a.outfile}")
+    if cli.gather_if_asked(a, params):
         return
     geomfile = GeometryFile(a.geom)
     geomfile.check_convention(a.mdx2_compat)
