@@ -47,7 +47,7 @@ def crystal_figures(sweep: Path, out: Path, background, benchmarks):
     figures.frames_with_mask(frames, out / "frames.png")
     per_frame = nexus.read_mask_counts(sweep / "mask.nxs")
     figures.masked_fraction(phi, per_frame / (ny * nx), out / "masked_fraction.png")
-    return qc.crystal_summary(sweep, background, benchmarks)
+    return qc.crystal_summary(sweep, background, benchmarks, search, per_frame)
 
 
 def background_figures(sweep: Path, out: Path, benchmarks):

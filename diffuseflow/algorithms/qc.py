@@ -231,18 +231,22 @@ def step_seconds(benchmarks: Path | None, name: str) -> dict[str, float]:
     return out
 
 
-def crystal_summary(sweep_dir: Path, background_binned=None, benchmarks=None) -> list[tuple]:
+def crystal_summary(
+    sweep_dir: Path, background_binned=None, benchmarks=None, search=None, masked=None
+) -> list[tuple]:
     """(quantity, value, unit) rows for a crystal sweep directory (geometry, data, peaks,
-    mask .nxs), every number read from the files (or a benchmark file)."""
+    mask .nxs), every number read from the files (or a benchmark file). ``search`` (its
+    peaks.nxs) and ``masked`` (masked pixels per frame) are read here unless already read."""
     sweep_dir = Path(sweep_dir)
     geom = GeometryFile(sweep_dir / "geometry.nxs")
     with nexus.ImageSeries(sweep_dir / "data.nxs") as series:
         n, ny, nx = series.shape
         phi = series.phi
-    search = read_peak_search(sweep_dir / "peaks.nxs")
-    with h5py.File(sweep_dir / "peaks.nxs", "r") as f:
-        n_peaks = len(f["entry/peaks/observed_phi"])
-    masked = nexus.read_mask_counts(sweep_dir / "mask.nxs")
+    if search is None:
+        search = read_peak_search(sweep_dir / "peaks.nxs")
+    if masked is None:
+        masked = nexus.read_mask_counts(sweep_dir / "mask.nxs")
+    n_peaks = len(search.offsets)  # one offset per peak pixel
     semi_axes, _ = search.model.axes()
     mask_params = nexus.provenance(sweep_dir / "mask.nxs")["parameters"]
     rows = [
