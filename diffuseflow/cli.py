@@ -21,9 +21,24 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see --help)")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The tool's docstring as written, and every option's default in its help (unless the
+    help already says what the default is)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or not action.option_strings:
+            return text
+        if action.default is argparse.SUPPRESS or action.default is None:
+            return text
+        if action.default is False:
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
 def parser(prog: str, description: str, compat: bool = True) -> argparse.ArgumentParser:
     """Argument parser of a tool; compat adds --mdx2_compat (for tools it changes)."""
-    p = _Parser(prog=prog, description=description)
+    p = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
     if not compat:
         return p
     p.add_argument(
@@ -51,7 +66,25 @@ def add_slab(p: argparse.ArgumentParser, what: str):
         nargs=2,
         metavar=("K", "N"),
         help=f"slab job K of N (0-based): {what} only this job's whole frame-chunks and write "
-        "a partial file (assemble the N parts with gather_slabs.py)",
+        "a partial file (assemble the N parts with --gather); default: the whole sweep",
+    )
+
+
+def add_experiment_selection(p: argparse.ArgumentParser):
+    """--experiment and --frames: which sweep of an .expt, and which of its images."""
+    p.add_argument(
+        "--experiment",
+        type=int,
+        metavar="N",
+        help="experiment N (0-based) of an .expt holding several; default: the only one",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        help="import only images FIRST..LAST (1-based, inclusive, as DIALS' image_range); "
+        "default: the whole scan",
     )
 
 
@@ -61,7 +94,7 @@ def add_gather(p: argparse.ArgumentParser):
         nargs="+",
         metavar="PART",
         help="assemble the partial files of the N slab jobs (--slab K N) into --outfile, "
-        "copying compressed chunks as they are; equals a single-job run",
+        "copying compressed chunks as they are; equals a single-job run; default: one job",
     )
 
 

@@ -33,14 +33,15 @@ SAFETY = 3
 MIN_RUNTIME = 10  # minutes: scheduling and start-up dominate small jobs
 
 
-def expt_shape(path) -> tuple[int, int, int]:
-    """(frames, rows, columns) of the sweep an .expt file describes. A missing file raises
-    FileNotFoundError naming it, which Snakemake takes as "size not known yet"."""
+def expt_shape(path, experiment=None, frames=None) -> tuple[int, int, int]:
+    """(frames, rows, columns) of the sweep an .expt file describes (one experiment of it,
+    a run of its frames). A missing file raises FileNotFoundError naming it, which Snakemake
+    takes as "size not known yet"."""
     from diffuseflow.io.expt import read_expt
 
     if not Path(path).exists():
         raise FileNotFoundError(2, "not made yet", str(path))
-    e = read_expt(path)
+    e = read_expt(path, experiment, frames)
     return (e.scan.num_images, *e.panel.shape)
 
 

@@ -18,12 +18,18 @@ from diffuseflow.io import nexus
 
 
 def main(argv):
-    p = cli.parser("bin_image_series.py", __doc__)
+    p = cli.parser("bin_image_series.py", __doc__, compat=False)
     p.add_argument("data", metavar="DATA", help="image series, e.g. bkg_data.nxs")
     p.add_argument("bins", metavar="B", type=int, nargs=3, help="bin size: frames, rows, columns")
-    p.add_argument("--valid_range", type=float, nargs=2, metavar=("LO", "HI"))
-    p.add_argument("--mask", help="mask.nxs (True = exclude)")
-    p.add_argument("--outfile", default="binned.nxs")
+    p.add_argument(
+        "--valid_range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="inclusive range of valid counts; default: no range (every valid pixel)",
+    )
+    p.add_argument("--mask", help="mask.nxs (True = exclude); default: no mask")
+    p.add_argument("--outfile", default="binned.nxs", help="output file")
     cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.set_threads(a.nproc)
@@ -37,7 +43,6 @@ def main(argv):
         "bins": a.bins,
         "valid_range": valid_range,
         "mask": a.mask,
-        "mdx2_compat": a.mdx2_compat,
     }
     inputs = [a.data] + ([a.mask] if a.mask else [])
     with nexus.atomic_output(a.outfile) as tmp:

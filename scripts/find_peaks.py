@@ -45,24 +45,30 @@ def main(argv):
         "--count_threshold",
         type=threshold_arg,
         help="pixels with counts > this are peak pixels; 'auto' = 10x background "
-        "(with --gather: optional, checked against the partial searches)",
+        "(required, no default; with --gather optional, checked against the partial searches)",
     )
-    p.add_argument("--sigma_cutoff", type=cli.positive("--sigma_cutoff"), default=3.0)
+    p.add_argument(
+        "--sigma_cutoff",
+        type=cli.positive("--sigma_cutoff"),
+        default=3.0,
+        help="outlier rejection level of the fit (Mahalanobis distance)",
+    )
     p.add_argument(
         "--frames",
         type=int,
         nargs=2,
         metavar=("START", "STOP"),
-        help="search only frames [START, STOP) and write a partial file (no fit)",
+        help="search only frames [START, STOP) and write a partial file (no fit); default: all",
     )
     cli.add_slab(p, "search")
     p.add_argument(
         "--gather",
         nargs="+",
         metavar="PART",
-        help="fit the peak model from partial files written with --frames",
+        help="fit the peak model from partial files written with --frames or --slab; "
+        "default: search the whole sweep",
     )
-    p.add_argument("--outfile", default="peaks.nxs")
+    p.add_argument("--outfile", default="peaks.nxs", help="output file")
     cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.set_threads(a.nproc)

@@ -3,7 +3,8 @@
 in mdx2 1.0.5's ImageSeries layout, chunked and compressed, streamed slab by slab.
 
 Invalid pixels are those outside the panel's trusted range, in its mask rectangles (module
-gaps), in a DIALS mask or Eiger pixel mask, and in --untrusted regions.
+gaps), in a DIALS mask or Eiger pixel mask, Eiger marker values (2^bit_depth - 1 and - 2),
+and in --untrusted regions.
 
 A sweep split over jobs: each runs with --slab K N (its whole frame-chunks into a partial
 file), then one run with --gather PART ... assembles them; the result equals a single run.
@@ -16,14 +17,16 @@ from diffuseflow.io.images import parse_untrusted
 
 
 def main(argv):
-    p = cli.parser("import_data.py", __doc__)
+    p = cli.parser("import_data.py", __doc__, compat=False)
     p.add_argument("expt", metavar="EXPT", help="DIALS experiments file")
+    cli.add_experiment_selection(p)
     p.add_argument(
         "--chunks",
         type=int,
         nargs=3,
         metavar=("F", "Y", "X"),
-        help="HDF5 chunk shape; a value <= 0 keeps the default for that axis",
+        help="HDF5 chunk shape; a value <= 0 keeps the default for that axis (default: "
+        "mdx2's 5-6 degrees of frames, capped at 256 MB, by 212 x 494 pixel tiles)",
     )
     p.add_argument(
         "--untrusted",
@@ -37,9 +40,16 @@ def main(argv):
         "--reader",
         choices=["builtin", "dxtbx"],
         default="builtin",
-        help="image reader: built-in (fabio/h5py, default) or dxtbx (needs DIALS)",
+        help="image reader: built-in (fabio/h5py) or dxtbx (needs DIALS)",
     )
-    p.add_argument("--outfile", default="data.nxs")
+    p.add_argument(
+        "--threshold_channel",
+        type=int,
+        default=1,
+        metavar="K",
+        help="Eiger files with several threshold channels (4-D /entry/data/data): read threshold_K",
+    )
+    p.add_argument("--outfile", default="data.nxs", help="output file")
     cli.add_slab(p, "read")
     cli.add_gather(p)
     cli.add_nproc(p)
@@ -49,7 +59,7 @@ def main(argv):
         return
     cli.set_threads(a.nproc)
     regions = parse_untrusted(a.untrusted, "--untrusted")
-    expt = read_expt(a.expt)
+    expt = read_expt(a.expt, a.experiment, a.frames)
     cli.log(geometry_summary(expt) if expt.crystal else f"{expt.scan.num_images} frames")
     write_data(
         expt,
@@ -61,6 +71,7 @@ def main(argv):
         log=cli.log,
         reader=a.reader,
         job=job,
+        threshold_channel=a.threshold_channel,
     )
 
 

@@ -20,14 +20,19 @@ def main(argv):
     p.add_argument("geom", metavar="GEOM", help="geometry.nxs")
     p.add_argument("data", metavar="DATA", help="data.nxs (axes and chunks; pixels not read)")
     p.add_argument("peaks", metavar="PEAKS", help="peaks.nxs from find_peaks")
-    p.add_argument("--sigma_cutoff", type=cli.positive("--sigma_cutoff"), default=3.0)
+    p.add_argument(
+        "--sigma_cutoff",
+        type=cli.positive("--sigma_cutoff"),
+        default=3.0,
+        help="ellipsoid contour level of the mask (Mahalanobis distance)",
+    )
     p.add_argument("--bragg", action="store_true", help="keep only the Bragg regions")
     p.add_argument(
         "--absences",
         choices=["full", "centring"],
         help="absence rule (default: full; centring with --mdx2_compat)",
     )
-    p.add_argument("--outfile", default="mask.nxs")
+    p.add_argument("--outfile", default="mask.nxs", help="output file")
     cli.add_slab(p, "mask")
     cli.add_gather(p)
     cli.add_nproc(p)

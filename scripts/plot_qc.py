@@ -68,16 +68,19 @@ def background_figures(sweep: Path, out: Path, benchmarks):
 def main(argv):
     p = cli.parser("plot_qc.py", __doc__, compat=False)
     p.add_argument("sweep", metavar="DIR", help="a sweep's results directory")
-    p.add_argument("-o", "--outdir", required=True, help="where to write the figures")
+    p.add_argument(
+        "-o", "--outdir", required=True, help="where to write the figures (required; no default)"
+    )
     p.add_argument(
         "--background",
         metavar="BINNED",
-        help="the crystal sweep's bkg_data_binned.nxs (adds its mean rate to the summary)",
+        help="the crystal sweep's bkg_data_binned.nxs (adds its mean rate to the summary); "
+        "default: none",
     )
     p.add_argument(
         "--benchmarks",
         metavar="DIR",
-        help="Snakemake benchmark directory (adds step run times to the summary)",
+        help="Snakemake benchmark directory (adds step run times to the summary); default: none",
     )
     p.add_argument(
         "--kind",

@@ -12,10 +12,10 @@ from diffuseflow.simulate import PRESETS, preset, write_sweeps
 
 
 def main(argv):
-    p = cli.parser("simulate_sweep.py", __doc__)
+    p = cli.parser("simulate_sweep.py", __doc__, compat=False)
     p.add_argument("outdir", metavar="OUTDIR")
-    p.add_argument("--preset", default="insulin", choices=sorted(PRESETS))
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--preset", default="insulin", choices=sorted(PRESETS), help="crystal form")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument(
         "--size",
         type=int,
@@ -23,11 +23,18 @@ def main(argv):
         metavar=("NX", "NY"),
         help="detector size in pixels (fast, slow); default: the preset's",
     )
-    p.add_argument("--frames", type=int, help="crystal frames")
-    p.add_argument("--osc", type=float, help="crystal oscillation per frame (degrees)")
-    p.add_argument("--bkg_frames", type=int, help="background frames")
-    p.add_argument("--format", dest="image_format", choices=["cbf", "smv", "h5"])
-    p.add_argument("--compress", choices=["bz2", "gz"])
+    p.add_argument("--frames", type=int, help="crystal frames; default: the preset's")
+    p.add_argument(
+        "--osc", type=float, help="crystal oscillation per frame (degrees); default: the preset's"
+    )
+    p.add_argument("--bkg_frames", type=int, help="background frames; default: the preset's")
+    p.add_argument(
+        "--format",
+        dest="image_format",
+        choices=["cbf", "smv", "h5"],
+        help="image format; default: the preset's",
+    )
+    p.add_argument("--compress", choices=["bz2", "gz"], help="compress each image; default: no")
     a = p.parse_args(argv)
     over = {"seed": a.seed}
     if a.size:

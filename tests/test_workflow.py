@@ -33,6 +33,9 @@ def test_lint_is_clean():
 
 def test_end_to_end_outputs(workflow_run):
     wd = workflow_run
+    # the test's config names its own dataset: the built-in demo is not merged in
+    assert not (wd / "results" / "demo").exists()
+    assert not (wd / "resources" / "simulated" / "demo").exists()
     for f in (
         "tiny/geometry.nxs",
         "tiny/data.nxs",
@@ -94,6 +97,11 @@ def test_editing_a_parameter_reruns_only_what_it_affects(
         (lambda c: c["datasets"]["tiny"].update(background="nowhere"), "nowhere"),
         (lambda c: c["datasets"]["tiny"].update(expt="missing/sweep.expt"), "missing/sweep.expt"),
         (lambda c: c.update(slabs=0), "slabs"),
+        (lambda c: c.update(find_peak={"count_threshold": 3}), "did you mean 'find_peaks'"),
+        (lambda c: c["import"].update(chunk=[1, 0, 0]), "'import.chunk'; did you mean 'chunks'"),
+        (lambda c: c["datasets"]["tiny"].update(frame=[1, 5]), "did you mean 'frames'"),
+        (lambda c: c["datasets"]["tiny"].update(frames=[5, 1]), "needs first <= last"),
+        (lambda c: c["datasets"]["tiny"].update(experiment=-1), "experiment"),
     ],
 )
 def test_bad_config_is_refused_before_any_job(tmp_path, mutate, message):
@@ -103,6 +111,28 @@ def test_bad_config_is_refused_before_any_job(tmp_path, mutate, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_a_config_mistake_is_one_line_without_the_schema(tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(SMALL_CONFIG))
+    cfg["datasets"]["tiny"]["find_peak"] = {"count_threshold": 3}
+    proc = snakemake(tmp_path, "--dry-run", config=cfg)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out and "$schema" not in out
+    errors = [line for line in out.splitlines() if line.startswith("config:")]
+    assert errors == [
+        "config: unknown key 'datasets.tiny.find_peak'; did you mean 'find_peaks'?"
+    ], out
+
+
+def test_editing_frames_reruns_that_dataset_only(workflow_run):
+    wd = workflow_run
+    cfg = yaml.safe_load(yaml.safe_dump(SMALL_CONFIG))
+    cfg["datasets"]["tiny"]["frames"] = [2, 9]
+    jobs = planned_jobs(snakemake(wd, "--dry-run", config=cfg))
+    expected = {"import_geometry", "import_data", "find_peaks", "mask_peaks", "qc_dataset"}
+    assert set(jobs) - {"all"} == expected, jobs
+    snakemake(wd, "--dry-run", config=SMALL_CONFIG)  # leave the config as it was
 
 
 def test_profiles_are_valid_yaml():

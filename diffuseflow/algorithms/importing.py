@@ -91,7 +91,13 @@ def write_geometry(
     cell = unit_cell_of(expt.crystal.A)
     log(f"Space group: {sg.hm}")
     log("Unit cell: " + " ".join(f"{v:.3f}" for v in cell.parameters))
-    params = dict(parameters or {}, sample_spacing=list(sample_spacing), mdx2_compat=mdx2_compat)
+    params = dict(
+        parameters or {},
+        sample_spacing=list(sample_spacing),
+        mdx2_compat=mdx2_compat,
+        experiment=expt.index,
+        frames=list(expt.scan.image_range),
+    )
     with nexus.atomic_output(outfile) as tmp:
         with nexus.new_file(tmp, "import_geometry", params, [expt.path]) as f:
             entry = f["entry"]
@@ -207,12 +213,13 @@ def write_data(
     log=print,
     reader: str = "builtin",
     job: tuple[int, int] | None = None,
+    threshold_channel: int = 1,
 ):
     """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid).
 
     job = (k, n): slab job k of n writes only its own frames' chunks into the full-shape stack
     (a partial file, assembled by ``nexus.gather_partials``)."""
-    frames = frame_reader(expt, untrusted, reader)
+    frames = frame_reader(expt, untrusted, reader, threshold_channel)
     n = expt.scan.num_images
     ny, nx = expt.panel.shape
     chunks = resolve_chunks(expt, chunks)
@@ -221,6 +228,8 @@ def write_data(
         first, last = nexus.job_frames(n, chunks[0], *job)
         slabs = [(a, b) for a, b in slabs if first <= a < last]
         log(f"slab job {job[0]} of {job[1]}: frames {first} to {last - 1}")
+    if hasattr(frames, "describe"):
+        log(frames.describe())
     log(f"Image data shape (phi, iy, ix): {(n, ny, nx)}")
     log(f"Chunks (phi, iy, ix): {chunks}; writing {len(slabs)} image batches")
     params = dict(
@@ -228,6 +237,9 @@ def write_data(
         chunks=list(chunks),
         untrusted=[f"{r.kind}={','.join(f'{v:g}' for v in r.values)}" for r in untrusted or []],
         reader=reader,
+        threshold_channel=threshold_channel,
+        experiment=expt.index,
+        frames=list(expt.scan.image_range),
     )
     inputs = [expt.path]
     with nexus.atomic_output(outfile) as tmp, ThreadPoolExecutor(max(1, nproc)) as pool:

@@ -5,7 +5,10 @@ encodings, ``ImageSequence``/``ImageSweep`` imagesets with templates relative to
 folder, detector hierarchies, single- and multi-axis goniometers, static and scan-varying
 crystals, and the parallax parameters of the panel.
 
-Only the first experiment is used (as in mdx2). Everything returned is plain numpy; the
+A file with one experiment is read as it is; in a file with several (sweeps, or several
+lattices on one sweep) the caller names one (``index``), and without it gets one line listing
+them. ``frames`` selects a run of images of the sweep (1-based, inclusive, as DIALS'
+``image_range``) without editing the file. Everything returned is plain numpy; the
 pixel -> Miller index mathematics lives in :mod:`diffuseflow.geometry`.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +109,13 @@ class ImageSource:
     template: str  #: absolute path with '#' run (per-image files) or a single file
     single_file: bool
     mask_file: str | None = None
+    #: single-file sweeps: frame index in the file of each image of the scan, in order
+    file_indices: tuple[int, ...] | None = None
+
+    def file_index(self, k: int) -> int:
+        """0-based index in a single file of the k-th image (0-based) of the scan."""
+        assert self.file_indices is not None
+        return self.file_indices[k]
 
     def path_for(self, n: int) -> str:
         if self.single_file:
@@ -130,6 +140,7 @@ class Experiment:
     images: ImageSource | None
     n_panels: int = 1
     extra: dict = field(default_factory=dict)
+    index: int = 0  #: which experiment of its file (0-based)
 
 
 # ------------------------------------------------------------------------------------------
@@ -395,7 +406,7 @@ def _read_crystal(r: _Reader, c: dict, n_images: int) -> Crystal:
 _SINGLE_FILE_EXT = (".h5", ".nxs", ".hdf5", ".nx5")
 
 
-def _read_imageset(r: _Reader, iset: dict) -> ImageSource:
+def _read_imageset(r: _Reader, iset: dict, scan: Scan) -> ImageSource:
     kind = iset.get("__id__")
     if kind not in ("ImageSequence", "ImageSweep"):
         raise r.fail(
@@ -412,11 +423,42 @@ def _read_imageset(r: _Reader, iset: dict) -> ImageSource:
     if mask:
         mp = Path(os.path.expandvars(os.path.expanduser(mask)))
         mask = str(mp if mp.is_absolute() else (r.path.parent / mp).resolve())
-    return ImageSource(template=str(t), single_file=single, mask_file=mask or None)
+    indices = None
+    if single:
+        indices = _single_file_indices(r, iset.get("single_file_indices"), scan)
+    return ImageSource(
+        template=str(t), single_file=single, mask_file=mask or None, file_indices=indices
+    )
 
 
-def read_expt(path: str | os.PathLike, index: int = 0) -> Experiment:
-    """Read experiment ``index`` (default the first, as mdx2 does) of a DIALS ``.expt`` file."""
+def _single_file_indices(r: _Reader, given, scan: Scan) -> tuple[int, ...]:
+    """Frame index in the file of each image of the scan. DIALS lists them in
+    ``single_file_indices``, one per image of the scan; without them image n is frame n - 1."""
+    i0, i1 = scan.image_range
+    default = tuple(range(i0 - 1, i1))
+    if not given:
+        return default
+    try:
+        idx = tuple(int(v) for v in given)
+    except (TypeError, ValueError):
+        raise r.fail("imageset.single_file_indices is not a list of integers") from None
+    if len(idx) == scan.num_images:
+        if min(idx) < 0:
+            raise r.fail("imageset.single_file_indices has a negative index")
+        return idx
+    if set(default) <= set(idx):  # the whole file listed, the scan a part of it
+        return default
+    raise r.fail(
+        f"imageset.single_file_indices has {len(idx)} entries, which do not cover the scan's "
+        f"images {i0}-{i1}"
+    )
+
+
+def read_expt(
+    path: str | os.PathLike, index: int | None = None, frames: tuple[int, int] | None = None
+) -> Experiment:
+    """Read one experiment of a DIALS ``.expt`` file: ``index`` (0-based; needed when the file
+    holds several), restricted to images ``frames`` = (first, last) if given."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -424,10 +466,48 @@ def read_expt(path: str | os.PathLike, index: int = 0) -> Experiment:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
-    return experiment_from_text(text, path, index)
+    return experiment_from_text(text, path, index, frames)
 
 
-def experiment_from_text(text: str, path: str | os.PathLike, index: int = 0) -> Experiment:
+def _describe(r: _Reader, doc: dict, k: int, e: dict) -> str:
+    """'K: <template> images A-B, crystal C (<Hall>)' for the multi-experiment listing."""
+    parts = [f"{k}:"]
+    try:
+        iset = r.model(doc, "imageset", e["imageset"], "") if e.get("imageset") is not None else {}
+        parts.append(Path(str(iset.get("template", "no images"))).name)
+    except InputError:
+        parts.append("?")
+    try:
+        scan = r.model(doc, "scan", e["scan"], "") if e.get("scan") is not None else None
+        if scan:
+            ir = scan.get("image_range", ["?", "?"])
+            parts.append(f"images {ir[0]}-{ir[1]}")
+        else:
+            parts.append("no scan (still)")
+    except InputError:
+        pass
+    if e.get("crystal") is not None:
+        try:
+            c = r.model(doc, "crystal", e["crystal"], "")
+            hall = str(c.get("space_group_hall_symbol", "")).strip()
+            parts.append(f"crystal {e['crystal']} ({hall})")
+        except InputError:
+            pass
+    else:
+        parts.append("no crystal")
+    return " ".join(parts)
+
+
+def _is_rotation_sweep(e: dict) -> bool:
+    return all(e.get(k) is not None for k in ("goniometer", "scan"))
+
+
+def experiment_from_text(
+    text: str,
+    path: str | os.PathLike,
+    index: int | None = None,
+    frames: tuple[int, int] | None = None,
+) -> Experiment:
     """Parse .expt JSON text; ``path`` names it in errors and anchors relative templates."""
     path = Path(path)
     r = _Reader(path)
@@ -440,8 +520,21 @@ def experiment_from_text(text: str, path: str | os.PathLike, index: int = 0) -> 
     exps = doc.get("experiment") or []
     if not exps:
         raise r.fail("contains no experiments")
+    if index is None:
+        if len(exps) > 1:
+            if not any(isinstance(e, dict) and _is_rotation_sweep(e) for e in exps):
+                raise r.fail(
+                    f"holds {len(exps)} experiments and none is a rotation sweep (stills or "
+                    "serial data are not supported)"
+                )
+            listing = "; ".join(_describe(r, doc, k, e) for k, e in enumerate(exps))
+            raise r.fail(
+                f"holds {len(exps)} experiments, choose one with `experiment: N` in the config "
+                f"(--experiment N): {listing}"
+            )
+        index = 0
     if not 0 <= index < len(exps):
-        raise r.fail(f"has {len(exps)} experiments, no experiment {index}")
+        raise r.fail(f"has {len(exps)} experiments, no experiment {index} (0-based)")
     e = exps[index]
     where = f"experiment[{index}]"
     for key in ("beam", "detector", "goniometer", "scan"):
@@ -456,8 +549,33 @@ def experiment_from_text(text: str, path: str | os.PathLike, index: int = 0) -> 
         crystal = _read_crystal(r, r.model(doc, "crystal", e["crystal"], where), scan.num_images)
     images = None
     if e.get("imageset") is not None:
-        images = _read_imageset(r, r.model(doc, "imageset", e["imageset"], where))
-    return Experiment(path, beam, panel, gonio, scan, crystal, images, n_panels)
+        images = _read_imageset(r, r.model(doc, "imageset", e["imageset"], where), scan)
+    expt = Experiment(path, beam, panel, gonio, scan, crystal, images, n_panels, index=index)
+    return select_frames(expt, frames) if frames is not None else expt
+
+
+def select_frames(expt: Experiment, frames: tuple[int, int]) -> Experiment:
+    """The same sweep restricted to images first..last (1-based, inclusive, DIALS numbering):
+    scan start, exposures, scan-varying crystal and single-file indices follow."""
+    first, last = (int(v) for v in frames)
+    i0, i1 = expt.scan.image_range
+    if not (i0 <= first <= last <= i1):
+        raise InputError(
+            f"{expt.path}: frames [{first}, {last}] must lie within the scan's images "
+            f"[{i0}, {i1}] with first <= last"
+        )
+    a, b = first - i0, last - i0 + 1  # positions in the scan
+    s = expt.scan
+    scan = Scan(
+        (first, last), s.phi_start + a * s.phi_width, s.phi_width, s.exposure_times[a:b].copy()
+    )
+    crystal = expt.crystal
+    if crystal is not None and crystal.A_at_scan_points is not None:
+        crystal = replace(crystal, A_at_scan_points=crystal.A_at_scan_points[a : b + 1].copy())
+    images = expt.images
+    if images is not None and images.file_indices is not None:
+        images = replace(images, file_indices=images.file_indices[a:b])
+    return replace(expt, scan=scan, crystal=crystal, images=images)
 
 
 def experiment_to_dict(e: Experiment) -> dict:
@@ -534,7 +652,7 @@ def experiment_to_dict(e: Experiment) -> dict:
     if e.images is not None:
         iset = {"__id__": "ImageSequence", "template": e.images.template}
         if e.images.single_file:
-            iset["single_file_indices"] = list(range(s.num_images))
+            iset["single_file_indices"] = list(e.images.file_indices)
         if e.images.mask_file:
             iset["mask"] = e.images.mask_file
         doc["imageset"] = [iset]

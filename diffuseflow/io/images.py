@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,10 +166,27 @@ def _read_fabio(path: str) -> np.ndarray:
     return data
 
 
-class _Hdf5Stack:
-    """Frames of an Eiger/NeXus master file: /entry/data/data_NNNNNN blocks or /entry/data/data."""
+def _warn(message: str):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
-    def __init__(self, path: str):
+
+class _Hdf5Stack:
+    """Frames of an Eiger/NeXus master file, as detectors and beamline software write them.
+
+    Image data: ``/entry/data/data_NNNNNN`` blocks (external links to data files, in order;
+    a data file that moved with its master is found beside it) or ``/entry/data/data``
+    (plain, or a virtual dataset whose source files must exist: HDF5 silently reads a missing
+    source as fill values). A 4-D ``data`` (image, threshold channel, y, x; the DECTRIS 2024
+    writer) is read at one channel. Pixel masks: ``detector/pixel_mask``,
+    ``detectorSpecific/pixel_mask`` and the channel's ``threshold_K_channel/pixel_mask``,
+    also behind external links (nexgen's ``_meta.h5``); non-zero = invalid. Bit depth:
+    ``bit_depth_image`` (detector, detectorSpecific, or linked), else the data type; the two
+    top values 2^depth - 1 (gaps, dead) and 2^depth - 2 (hot) are the detector's markers.
+    """
+
+    DETECTOR = "entry/instrument/detector"
+
+    def __init__(self, path: str, threshold_channel: int = 1):
         import h5py
         import hdf5plugin  # noqa: F401 - registers bitshuffle/LZ4 and friends
 
@@ -179,30 +197,189 @@ class _Hdf5Stack:
         except OSError as e:
             raise InputError(f"{path}: cannot open HDF5 file ({e})") from None
         self.path = path
-        grp = self.file.get("entry/data")
-        if grp is None:
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self._open = []  # data files opened by hand (links resolved beside the master)
+        self.channel = None
+        grp = self.file.get("entry/data", getlink=False)
+        if not isinstance(grp, h5py.Group):
             raise InputError(f"{path}: no /entry/data group (not an Eiger/NeXus master file)")
         names = sorted(k for k in grp if re.fullmatch(r"data_\d+", k))
-        if not names and "data" in grp:
-            names = ["data"]
-        if not names:
+        if names:
+            self.blocks = [self._linked_dataset(grp, n) for n in names]
+        elif "data" in grp:
+            self.blocks = [self._plain_or_virtual(grp, "data")]
+        else:
             raise InputError(f"{path}: /entry/data holds no image datasets")
-        self.blocks = []
-        for n in names:
-            try:
-                ds = grp[n]
-            except KeyError:
-                raise InputError(f"{path}: /entry/data/{n} links to a missing file") from None
-            self.blocks.append(ds)
+        self.ndim = self.blocks[0].ndim
+        if self.ndim == 4:
+            self.channel = self._pick_channel(grp, threshold_channel)
+        elif self.ndim != 3:
+            raise InputError(
+                f"{path}: /entry/data holds {self.ndim}-D images; expected (image, y, x) or "
+                "(image, threshold channel, y, x)"
+            )
         self.starts = np.cumsum([0] + [b.shape[0] for b in self.blocks])
-        pm = self.file.get("entry/instrument/detector/pixel_mask")
-        self.pixel_mask = None if pm is None else np.asarray(pm[()]) != 0
+        self.dtype = self.blocks[0].dtype
+        self.bit_depth = self._bit_depth()
+        self.pixel_mask = self._pixel_mask()
+
+    # -- locating things ------------------------------------------------------------------
+
+    def _candidates(self, filename: str) -> list[str]:
+        name = os.path.expandvars(filename)
+        found = [name] if os.path.isabs(name) else []
+        found.append(os.path.join(self.folder, name))
+        found.append(os.path.join(self.folder, os.path.basename(name)))
+        return found
+
+    def _external(self, link, where: str):
+        """The object an external link points to, opened by hand (beside the master if the
+        link's own path does not exist); a missing target is an error naming it."""
+        import h5py
+
+        for candidate in self._candidates(link.filename):
+            if os.path.exists(candidate):
+                try:
+                    f = h5py.File(candidate, "r")
+                except OSError as e:
+                    raise InputError(f"{candidate}: cannot open HDF5 file ({e})") from None
+                self._open.append(f)
+                obj = f.get(link.path)
+                if obj is None:
+                    raise InputError(
+                        f"{self.path}: {where} links to {link.path} in {candidate}, which has "
+                        "no such object"
+                    )
+                return obj
+        raise InputError(
+            f"{self.path}: {where} links to {link.filename}, which does not exist (looked "
+            f"beside the master in {self.folder})"
+        )
+
+    def _get(self, where: str):
+        """Object at ``where`` (following external links by hand), or None if absent."""
+        import h5py
+
+        parent, _, name = where.rpartition("/")
+        grp = self.file.get(parent) if parent else self.file
+        if grp is None or name not in grp:
+            return None
+        link = grp.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            return self._external(link, "/" + where)
+        try:
+            return grp[name]
+        except KeyError:  # a soft link to nowhere
+            raise InputError(f"{self.path}: /{where} is a broken link") from None
+
+    def _linked_dataset(self, grp, name):
+        import h5py
+
+        link = grp.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            ds = self._external(link, f"/entry/data/{name}")
+        else:
+            ds = grp[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError(f"{self.path}: /entry/data/{name} is not a dataset")
+        if ds.is_virtual:
+            self._check_virtual_sources(ds, f"/entry/data/{name}")
+        return ds
+
+    def _plain_or_virtual(self, grp, name):
+        return self._linked_dataset(grp, name)
+
+    def _check_virtual_sources(self, ds, where):
+        missing = []
+        for vs in ds.virtual_sources():
+            if vs.file_name in (".", ""):
+                continue
+            if not any(os.path.exists(c) for c in self._candidates(vs.file_name)):
+                missing.append(vs.file_name)
+        if missing:
+            names = ", ".join(sorted(set(missing)))
+            raise InputError(
+                f"{self.path}: {where} is a virtual dataset over {names}, "
+                f"which does not exist (looked beside the master in {self.folder}); HDF5 would "
+                "read those frames as zeros"
+            )
+
+    def _pick_channel(self, grp, k: int) -> int:
+        n = self.blocks[0].shape[1]
+        names = None
+        if "channel" in grp:
+            names = [v.decode() if isinstance(v, bytes) else str(v) for v in grp["channel"][()]]
+        if not 1 <= k <= n:
+            listed = f" ({', '.join(names)})" if names else ""
+            raise InputError(
+                f"{self.path}: /entry/data/data has {n} threshold channels{listed}; "
+                f"threshold_channel {k} does not exist (1..{n})"
+            )
+        self.channel_name = names[k - 1] if names else f"threshold_{k}"
+        return k - 1
+
+    # -- detector metadata ------------------------------------------------------------------
+
+    def _bit_depth(self) -> int:
+        for where in (
+            f"{self.DETECTOR}/bit_depth_image",
+            f"{self.DETECTOR}/detectorSpecific/bit_depth_image",
+        ):
+            obj = self._get(where)
+            if obj is not None:
+                try:
+                    depth = int(np.asarray(obj[()]).ravel()[0])
+                except (TypeError, ValueError, IndexError):
+                    raise InputError(f"{self.path}: /{where} is not an integer") from None
+                if not 1 <= depth <= 64:
+                    raise InputError(f"{self.path}: /{where} = {depth} is not a bit depth")
+                return depth
+        return self.dtype.itemsize * 8
+
+    def _pixel_mask(self) -> np.ndarray | None:
+        places = [f"{self.DETECTOR}/pixel_mask", f"{self.DETECTOR}/detectorSpecific/pixel_mask"]
+        if self.channel is not None:
+            places.insert(0, f"{self.DETECTOR}/{self.channel_name}_channel/pixel_mask")
+        mask = None
+        for where in places:
+            obj = self._get(where)
+            if obj is None:
+                continue
+            m = np.asarray(obj[()])
+            while m.ndim > 2 and m.shape[0] == 1:
+                m = m[0]
+            if m.ndim != 2:
+                raise InputError(f"{self.path}: /{where} has shape {m.shape}; expected (y, x)")
+            shape = self.blocks[0].shape[-2:]
+            if m.shape != shape and m.shape[::-1] == shape:
+                # legacy Diamond masters stored (x, y); dxtbx reads them transposed too
+                _warn(f"{self.path}: /{where} is stored transposed {m.shape}; transposing it")
+                m = m.T
+            if m.shape != shape:
+                raise InputError(
+                    f"{self.path}: /{where} has shape {m.shape}, the images {tuple(shape)}"
+                )
+            mask = (m != 0) if mask is None else (mask | (m != 0))
+        return mask
+
+    @property
+    def marker_floor(self) -> int | None:
+        """Smallest detector marker value (2^depth - 2) of unsigned data, else None."""
+        if self.dtype.kind != "u":
+            return None
+        return 2**self.bit_depth - 2
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.blocks[0].shape[-2:])
 
     def read(self, index: int) -> np.ndarray:
         if not 0 <= index < self.starts[-1]:
             raise InputError(f"{self.path}: has {self.starts[-1]} frames, no frame {index + 1}")
         b = int(np.searchsorted(self.starts, index, side="right") - 1)
         try:
+            if self.channel is not None:
+                return self.blocks[b][index - self.starts[b], self.channel]
             return self.blocks[b][index - self.starts[b]]
         except OSError as e:
             raise InputError(f"{self.path}: cannot read frame {index + 1} ({e})") from None
@@ -211,7 +388,12 @@ class _Hdf5Stack:
 class FrameReader:
     """Reads frames of an experiment's image sequence as int32 with -1 for invalid pixels."""
 
-    def __init__(self, expt: Experiment, untrusted: list[Region] | None = None):
+    def __init__(
+        self,
+        expt: Experiment,
+        untrusted: list[Region] | None = None,
+        threshold_channel: int = 1,
+    ):
         if expt.images is None:
             raise InputError(f"{expt.path}: experiment has no imageset")
         self.expt = expt
@@ -224,11 +406,36 @@ class FrameReader:
         self.lo, self.hi = int(np.ceil(lo)), int(np.floor(hi))
         fmt_path = self.source.template if self.source.single_file else self.path_of(0)
         self.format = image_format(fmt_path)
-        self._h5 = _Hdf5Stack(self.source.template) if self.format == "hdf5" else None
+        self._h5 = None
+        if self.format == "hdf5":
+            self._h5 = _Hdf5Stack(self.source.template, threshold_channel)
+            if self._h5.marker_floor is not None:
+                # the detector's marker values (gaps, dead, hot pixels) are never counts,
+                # whatever the .expt's trusted range says (DIALS 2.x: [-1, 65535])
+                self.hi = min(self.hi, self._h5.marker_floor - 1)
         self.static_invalid = self._static_invalid(untrusted or [])
 
+    def describe(self) -> str:
+        """What the reader found, for the log: format, markers, masks."""
+        text = f"{self.format} images, trusted counts {self.lo}..{self.hi}"
+        h5 = self._h5
+        if h5 is not None:
+            text += f"; {len(h5.blocks)} data block(s) of {h5.dtype}, bit depth {h5.bit_depth}"
+            if h5.channel is not None:
+                text += f", channel {h5.channel_name}"
+            if h5.pixel_mask is not None:
+                text += f", pixel mask {int(h5.pixel_mask.sum())} px"
+        return text + f"; {int(self.static_invalid.sum())} px invalid in every frame"
+
     def path_of(self, index: int) -> str:
-        return self.source.path_for(self.first + index)
+        """File of image ``index`` (0-based in the scan). A per-image file archived as .gz or
+        .bz2 beside its plain name (the .expt names the plain one) is read compressed."""
+        path = self.source.path_for(self.first + index)
+        if not self.source.single_file and not os.path.exists(path):
+            for ext in _COMPRESSED:
+                if os.path.exists(path + ext):
+                    return path + ext
+        return path
 
     def _static_invalid(self, untrusted: list[Region]) -> np.ndarray:
         m = np.zeros(self.shape, bool)
@@ -238,7 +445,10 @@ class FrameReader:
             m |= _load_dials_mask(self.source.mask_file, self.shape)
         if self._h5 is not None and self._h5.pixel_mask is not None:
             if self._h5.pixel_mask.shape != self.shape:
-                raise InputError(f"{self.source.template}: pixel_mask shape does not match panel")
+                raise InputError(
+                    f"{self.source.template}: pixel_mask shape {self._h5.pixel_mask.shape} "
+                    f"does not match the detector's {self.shape}"
+                )
             m |= self._h5.pixel_mask
         for r in untrusted:
             m |= r.mask(self.shape)
@@ -247,8 +457,8 @@ class FrameReader:
     def read_raw(self, index: int) -> np.ndarray:
         """Frame ``index`` (0-based within the scan) as stored in the file."""
         if self._h5 is not None:
-            data = self._h5.read(self.first + index - 1)
-            where = f"{self.source.template} frame {self.first + index}"
+            data = self._h5.read(self.source.file_index(index))
+            where = f"{self.source.template} frame {self.source.file_index(index) + 1}"
         else:
             where = self.path_of(index)
             data = _read_fabio(where)
@@ -290,7 +500,10 @@ class DxtbxFrameReader(FrameReader):
             experiments = ExperimentListFactory.from_json_file(str(expt.path), check_format=True)
         except Exception as e:  # dxtbx raises many types for unreadable files
             raise InputError(f"{expt.path}: dxtbx cannot load it ({e})") from None
-        self.imageset = experiments[0].imageset
+        self.imageset = experiments[expt.index].imageset
+        # the selected frames start this many images into dxtbx's image set
+        scan = self.imageset.get_scan() or experiments[expt.index].scan
+        self.offset = expt.scan.image_range[0] - scan.get_image_range()[0]
         self.expt = expt
         self.shape = expt.panel.shape
         self.n_frames = expt.scan.num_images
@@ -299,9 +512,12 @@ class DxtbxFrameReader(FrameReader):
         for r in untrusted or []:
             self.static_invalid |= r.mask(self.shape)
 
+    def describe(self) -> str:
+        return f"images through dxtbx ({type(self.imageset).__name__})"
+
     def read(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        raw = self.imageset.get_raw_data(index)
-        good = self.imageset.get_mask(index)
+        raw = self.imageset.get_raw_data(index + self.offset)
+        good = self.imageset.get_mask(index + self.offset)
         if len(raw) != 1:
             raise InputError(f"{self.expt.path}: dxtbx returned {len(raw)} panels; need one")
         data = raw[0].as_numpy_array()
@@ -312,10 +528,12 @@ class DxtbxFrameReader(FrameReader):
         return out
 
 
-def frame_reader(expt: Experiment, untrusted=None, reader: str = "builtin") -> FrameReader:
+def frame_reader(
+    expt: Experiment, untrusted=None, reader: str = "builtin", threshold_channel: int = 1
+) -> FrameReader:
     """The built-in reader, or dxtbx's when asked for."""
     if reader == "dxtbx":
         return DxtbxFrameReader(expt, untrusted)
     if reader != "builtin":
         raise InputError(f"--reader must be 'builtin' or 'dxtbx', is {reader!r}")
-    return FrameReader(expt, untrusted)
+    return FrameReader(expt, untrusted, threshold_channel)

@@ -1,10 +1,35 @@
 import copy
+import sys
 import re
 import shlex
 
 from snakemake.utils import validate
 
+from diffuseflow import config as config_check
 from diffuseflow import resources as sizing
+
+
+def refuse(message):
+    """Stop before any job with one line (no traceback): a mistake in the config."""
+    sys.exit(message)
+
+
+# A --configfile that names its own datasets runs those only: Snakemake would merge the
+# built-in demo's datasets (config/config.yaml) into it key by key.
+_own = config_check.sweep_sections(
+    workflow.overwrite_configfiles, workflow.config_settings.overwrite_config
+)
+if _own is not None:
+    config.update(_own)
+
+# one line naming the key (and the nearest valid name), before Snakemake's own validation
+# (which would print the whole schema) fills in the defaults
+_problem = config_check.problem(
+    config,
+    config_check.load_yaml(f"{workflow.basedir}/workflow/schemas/config.schema.yaml"),
+)
+if _problem:
+    refuse(_problem)
 
 # per-sweep overrides as the user wrote them: validation fills schema defaults into every
 # section it sees, and a filled-in default must not hide the global value
@@ -18,14 +43,18 @@ RESULTS = config["results"]
 for _name, _ds in DATASETS.items():
     _bkg = _ds.get("background")
     if _bkg is not None and _bkg not in BACKGROUNDS:
-        raise ValueError(
+        refuse(
             f"config: datasets.{_name}.background names {_bkg!r}, which is not under "
             f"backgrounds (known: {sorted(BACKGROUNDS) or 'none'})"
         )
+for _section, _sweeps in (("datasets", DATASETS), ("backgrounds", BACKGROUNDS)):
+    for _name, _sweep in _sweeps.items():
+        if "frames" in _sweep and _sweep["frames"][0] > _sweep["frames"][1]:
+            refuse(
+                f"config: {_section}.{_name}.frames = {_sweep['frames']}: needs first <= last"
+            )
 for _name in set(DATASETS) & set(BACKGROUNDS):
-    raise ValueError(
-        f"config: {_name!r} is both a dataset and a background; rename one"
-    )
+    refuse(f"config: {_name!r} is both a dataset and a background; rename one")
 
 
 wildcard_constraints:
@@ -74,7 +103,13 @@ def job_size(step, key, source, per_slab=False):
 
     def size(wildcards, input, threads):
         if source == "expt":
-            shape = sizing.expt_shape(input.expt)
+            sweep = (
+                DATASETS.get(sweep_name(wildcards))
+                or BACKGROUNDS[sweep_name(wildcards)]
+            )
+            shape = sizing.expt_shape(
+                input.expt, sweep.get("experiment"), sweep.get("frames")
+            )
         else:
             shape = sizing.stack_shape(input.data)
         slabs = n_slabs(sweep_name(wildcards)) if per_slab else 1
@@ -97,6 +132,17 @@ def import_env(name):
 def sweep_expt(name):
     sweep = DATASETS.get(name) or BACKGROUNDS[name]
     return sweep["expt"]
+
+
+def selection_args(name):
+    """--experiment N and --frames A B of a sweep ("" when the config names neither)."""
+    sweep = DATASETS.get(name) or BACKGROUNDS[name]
+    args = []
+    if sweep.get("experiment") is not None:
+        args.append(f"--experiment {int(sweep['experiment'])}")
+    if sweep.get("frames"):
+        args.append("--frames {} {}".format(*map(int, sweep["frames"])))
+    return " ".join(args)
 
 
 def compat_flag():

@@ -17,9 +17,11 @@ rule import_geometry:
             map(str, setting(wc.dataset, "import", "sample_spacing"))
         ),
         compat=compat_flag(),
+        select=lambda wc: selection_args(wc.dataset),
     shell:
-        "python {input.script:q} {input.expt:q} --sample_spacing {params.spacing} "
-        "{params.compat} --outfile {output:q} > {log:q} 2>&1"
+        "python {input.script:q} {input.expt:q} {params.select} "
+        "--sample_spacing {params.spacing} {params.compat} --outfile {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule import_slab:
@@ -43,11 +45,13 @@ rule import_slab:
         chunks=lambda wc: " ".join(map(str, setting(wc.sweep, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.sweep),
         reader=lambda wc: setting(wc.sweep, "import", "reader"),
+        channel=lambda wc: setting(wc.sweep, "import", "threshold_channel"),
+        select=lambda wc: selection_args(wc.sweep),
         slabs=lambda wc: n_slabs(wc.sweep),
     shell:
-        "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
+        "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
         "{params.untrusted} --reader {params.reader} "
-        "--slab {wildcards.slab} {params.slabs} --nproc {threads} "
+        "--threshold_channel {params.channel} --slab {wildcards.slab} {params.slabs} --nproc {threads} "
         "--outfile {output:q} > {log:q} 2>&1"
 
 
@@ -74,10 +78,13 @@ rule import_data:
         chunks=lambda wc: " ".join(map(str, setting(wc.dataset, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.dataset),
         reader=lambda wc: setting(wc.dataset, "import", "reader"),
+        channel=lambda wc: setting(wc.dataset, "import", "threshold_channel"),
+        select=lambda wc: selection_args(wc.dataset),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
-        "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} --reader {params.reader} {params.gather} "
+        "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
+        "{params.untrusted} --reader {params.reader} "
+        "--threshold_channel {params.channel} {params.gather} "
         "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
 
@@ -104,9 +111,12 @@ rule import_background:
         chunks=lambda wc: " ".join(map(str, setting(wc.background, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.background),
         reader=lambda wc: setting(wc.background, "import", "reader"),
+        channel=lambda wc: setting(wc.background, "import", "threshold_channel"),
+        select=lambda wc: selection_args(wc.background),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
-        "python {input.script:q} {input.expt:q} --chunks {params.chunks} "
-        "{params.untrusted} --reader {params.reader} {params.gather} "
+        "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
+        "{params.untrusted} --reader {params.reader} "
+        "--threshold_channel {params.channel} {params.gather} "
         "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
