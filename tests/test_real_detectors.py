@@ -224,11 +224,14 @@ def test_real_diamond_nxmx_master_equals_the_same_frame_as_cbf(tmp_path):
 def test_real_nexgen_master_mask_and_bit_depth_behind_links(tmp_path):
     master = copy_real("xrc_209_master.h5", tmp_path)
     expt = single_image_expt(
-        tmp_path / "x.expt", str(master), (2068, 2162), 2, (-1, 46051), 0.075, single_file=True
+        # a trusted range that excludes nothing: only the bit depth can mark 65535 and 65534
+        tmp_path / "x.expt", str(master), (2068, 2162), 2, (-1, 1e9), 0.075, single_file=True
     )
     assert "xrc_209_000001.h5" in refused(tmp_path, expt)
     rng = np.random.default_rng(2)
-    frames = rng.poisson(2, (2, 2162, 2068)).astype(np.uint16)
+    # uint32 pixels: only the 16-bit depth in the _meta.h5 makes 65535 and 65534 markers
+    frames = rng.poisson(2, (2, 2162, 2068)).astype(np.uint32)
+    frames[0, 100, 100], frames[1, 200, 200], frames[1, 300, 300] = 65535, 65534, 65533
     mask = np.zeros((2162, 2068), bool)
     mask[:, 1030:1040] = True  # a module gap
     mask[7, 9] = True
@@ -237,7 +240,9 @@ def test_real_nexgen_master_mask_and_bit_depth_behind_links(tmp_path):
     assert "xrc_209_meta.h5" in line and "does not exist" in line
     nexgen_files(tmp_path, "xrc_209", frames, mask=mask)
     data = imported(tmp_path, expt)
-    np.testing.assert_array_equal(data, np.where(mask[None], -1, frames.astype(np.int32)))
+    invalid = mask[None] | (frames >= 65534)
+    np.testing.assert_array_equal(data, np.where(invalid, -1, frames.astype(np.int32)))
+    assert data[1, 300, 300] == 65533 and (data == -1).sum() == 2 * mask.sum() + 2
 
 
 def test_nexgen_layout_virtual_dataset_only_needs_its_sources(tmp_path):
