@@ -110,6 +110,12 @@ def gather_if_asked(a, expect: dict) -> bool:
     return True
 
 
+def check_output(path):
+    """Refuse an output that cannot be written before any work is done (one line)."""
+    nexus.check_writable(path)
+    return path
+
+
 def check_slab(slab):
     """(K, N) from --slab, refused with a one-line error unless 0 <= K < N."""
     if slab is None:

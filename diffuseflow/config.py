@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 
 import jsonschema
 import yaml
@@ -72,6 +73,38 @@ def problem(config: dict, schema: dict) -> str | None:
     value = error.instance
     shown = repr(value) if not isinstance(value, dict | list) or len(repr(value)) < 60 else "..."
     return f"config: {_key_path(where)} = {shown}: {error.message.splitlines()[0]}"
+
+
+def _walk(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, (*path, i))
+    else:
+        yield path, node
+
+
+def value_problem(config: dict) -> str | None:
+    """What the schema cannot say: a NaN or infinite number anywhere (NaN passes JSON
+    Schema's minimum), and ranges given high-to-low (frames, valid_range)."""
+    for path, value in _walk(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"config: {_key_path(path)} = {value}: not a finite number"
+    sections = [("", config)]
+    for group in ("datasets", "backgrounds"):
+        for name, sweep in (config.get(group) or {}).items():
+            if isinstance(sweep, dict):
+                sections.append((f"{group}.{name}.", sweep))
+    for prefix, sec in sections:
+        frames = sec.get("frames")
+        if isinstance(frames, list) and len(frames) == 2 and frames[0] > frames[1]:
+            return f"config: {prefix}frames = {frames}: needs first <= last"
+        vr = (sec.get("bin_background") or {}).get("valid_range")
+        if isinstance(vr, list) and len(vr) == 2 and not vr[0] < vr[1]:
+            return f"config: {prefix}bin_background.valid_range = {vr}: needs LO < HI"
+    return None
 
 
 def schema_description(node: dict) -> str:

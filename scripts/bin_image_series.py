@@ -32,8 +32,10 @@ def main(argv):
     p.add_argument("--outfile", default="binned.nxs", help="output file")
     cli.add_nproc(p)
     a = p.parse_args(argv)
+    cli.check_output(a.outfile)
     cli.set_threads(a.nproc)
     valid_range = binning.check_valid_range(a.valid_range)
+    nexus.check_same_sweep({"data": a.data, "mask": a.mask})
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
         binning.check_bins(a.bins, series.shape)
         result = binning.bin_series(series, a.bins, valid_range, a.mask, pool, log=cli.log)
@@ -46,7 +48,7 @@ def main(argv):
     }
     inputs = [a.data] + ([a.mask] if a.mask else [])
     with nexus.atomic_output(a.outfile) as tmp:
-        with nexus.new_file(tmp, "bin_image_series", params, inputs) as f:
+        with nexus.new_file(tmp, "bin_image_series", params, inputs, nexus.sweep_of(a.data)) as f:
             nexus.nxdata(
                 f["entry"],
                 "binned_image_series",

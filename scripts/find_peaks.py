@@ -11,6 +11,7 @@ For a sweep split over jobs: run with --slab K N (whole frame-chunks of slab job
 --gather PART ... to fit; the result equals a single run.
 """
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 from diffuseflow import cli
@@ -32,9 +33,12 @@ def threshold_arg(text):
     if text == "auto":
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InputError(f"--count_threshold must be a number or 'auto', is {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"--count_threshold must be a finite number >= 0 or 'auto', is {text}")
+    return value
 
 
 def main(argv):
@@ -71,6 +75,7 @@ def main(argv):
     p.add_argument("--outfile", default="peaks.nxs", help="output file")
     cli.add_nproc(p)
     a = p.parse_args(argv)
+    cli.check_output(a.outfile)
     cli.set_threads(a.nproc)
     job = cli.check_slab(a.slab)
     if a.frames and job:
@@ -79,6 +84,8 @@ def main(argv):
         raise InputError("--gather fits the partial searches; drop --frames/--slab")
     if not a.gather and a.count_threshold is None:
         raise InputError("--count_threshold is required (a number or 'auto')")
+    parts = {f"partial search {k}": p for k, p in enumerate(a.gather or [])}
+    nexus.check_same_sweep({"geometry": a.geom, "data": a.data, **parts})
     geomfile = GeometryFile(a.geom)
     geomfile.check_convention(a.mdx2_compat)
     with nexus.ImageSeries(a.data) as series, ThreadPoolExecutor(a.nproc) as pool:
@@ -110,7 +117,9 @@ def main(argv):
     if a.frames:
         params = {"count_threshold": threshold, "frames": list(a.frames), "slab": a.slab}
         with nexus.atomic_output(a.outfile) as tmp:
-            with nexus.new_file(tmp, "find_peaks --frames", params, inputs) as f:
+            with nexus.new_file(
+                tmp, "find_peaks --frames", params, inputs, nexus.sweep_of(a.data)
+            ) as f:
                 write_hot_pixels(f["entry"], hot, phi_axis)
         cli.log(f"frames {a.frames[0]} to {a.frames[1] - 1}: {len(hot.frame)} peak pixels")
         return
@@ -127,7 +136,7 @@ def main(argv):
         "mdx2_compat": a.mdx2_compat,
     }
     with nexus.atomic_output(a.outfile) as tmp:
-        with nexus.new_file(tmp, "find_peaks", params, inputs) as f:
+        with nexus.new_file(tmp, "find_peaks", params, inputs, nexus.sweep_of(a.data)) as f:
             nexus.write_peak_model(f["entry"], fit.model.r0, fit.model.sigma)
             nexus.write_peaks(f["entry"], "peaks", phi, iy, ix)
             nexus.write_peaks(f["entry"], "outliers", phi[outliers], iy[outliers], ix[outliers])

@@ -54,6 +54,7 @@ def main(argv):
     cli.add_gather(p)
     cli.add_nproc(p)
     a = p.parse_args(argv)
+    cli.check_output(a.outfile)
     job = cli.check_slab(a.slab)
     if cli.gather_if_asked(a, {"expt": a.expt}):
         return

@@ -24,6 +24,7 @@ def main(argv):
     )
     p.add_argument("--outfile", default="geometry.nxs", help="output file")
     a = p.parse_args(argv)
+    cli.check_output(a.outfile)
     expt = read_expt(a.expt, a.experiment, a.frames)
     cli.log(geometry_summary(expt))
     write_geometry(expt, a.outfile, a.sample_spacing, a.mdx2_compat, {"expt": a.expt}, log=cli.log)

@@ -10,7 +10,12 @@ dataset /entry/mask/signal. Split over jobs: --slab K N per job, then --gather P
 
 from diffuseflow import cli
 from diffuseflow.algorithms.importing import GeometryFile
-from diffuseflow.algorithms.mask import PeakMasker, hot_pixel_indices, write_mask
+from diffuseflow.algorithms.mask import (
+    PeakMasker,
+    check_peaks_inside,
+    hot_pixel_indices,
+    write_mask,
+)
 from diffuseflow.algorithms.peaks import PeakModel
 from diffuseflow.io import nexus
 
@@ -37,6 +42,7 @@ def main(argv):
     cli.add_gather(p)
     cli.add_nproc(p)
     a = p.parse_args(argv)
+    cli.check_output(a.outfile)
     job = cli.check_slab(a.slab)
     cli.set_threads(a.nproc)
     absences = a.absences or ("centring" if a.mdx2_compat else "full")
@@ -48,6 +54,7 @@ def main(argv):
     }
     if cli.gather_if_asked(a, params):
         return
+    nexus.check_same_sweep({"geometry": a.geom, "data": a.data, "peaks": a.peaks})
     geomfile = GeometryFile(a.geom)
     geomfile.check_convention(a.mdx2_compat)
     with nexus.open_input(a.peaks, "peaks.nxs", ["peak_model", "peaks"]) as f:
@@ -61,9 +68,12 @@ def main(argv):
     masker = PeakMasker(
         geomfile, model, a.sigma_cutoff, a.mdx2_compat, absences, axes[0], shape[1], shape[2]
     )
+    check_peaks_inside(peaks, axes, a.peaks, a.data)
     hot = hot_pixel_indices(*peaks, *axes)
     with nexus.atomic_output(a.outfile) as tmp:
-        with nexus.new_file(tmp, "mask_peaks", params, [a.geom, a.data, a.peaks]) as f:
+        with nexus.new_file(
+            tmp, "mask_peaks", params, [a.geom, a.data, a.peaks], nexus.sweep_of(a.data)
+        ) as f:
             if job:
                 nexus.mark_partial(f, frames, job)
             dset = nexus.mask_dataset(f["entry"], axes, chunks)

@@ -96,6 +96,7 @@ def main(argv):
     if a.background and not Path(a.background).exists():
         raise InputError(f"--background {a.background}: no such file")
     out = Path(a.outdir)
+    cli.check_output(out / "summary.tsv")
     out.mkdir(parents=True, exist_ok=True)
     # draw into a scratch directory and move the files in only when all succeeded
     with tempfile.TemporaryDirectory(dir=out, prefix=".plot_qc.") as tmp:
@@ -108,9 +109,11 @@ def main(argv):
                 f"{sweep}: --kind {a.kind} needs {', '.join(need)}; found {sorted(have) or 'none'}"
             )
         if crystal and a.kind != "background":
+            nexus.check_same_sweep({f: sweep / f for f in CRYSTAL_FILES})
             rows = crystal_figures(sweep, tmp, a.background, a.benchmarks)
             kind = "crystal sweep"
         elif background:
+            nexus.check_same_sweep({f: sweep / f for f in BACKGROUND_FILES})
             rows = background_figures(sweep, tmp, a.benchmarks)
             kind = "background sweep"
         else:

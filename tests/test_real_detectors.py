@@ -225,7 +225,13 @@ def test_real_nexgen_master_mask_and_bit_depth_behind_links(tmp_path):
     master = copy_real("xrc_209_master.h5", tmp_path)
     expt = single_image_expt(
         # a trusted range that excludes nothing: only the bit depth can mark 65535 and 65534
-        tmp_path / "x.expt", str(master), (2068, 2162), 2, (-1, 1e9), 0.075, single_file=True
+        tmp_path / "x.expt",
+        str(master),
+        (2068, 2162),
+        2,
+        (-1, 1e9),
+        0.075,
+        single_file=True,
     )
     assert "xrc_209_000001.h5" in refused(tmp_path, expt)
     rng = np.random.default_rng(2)

@@ -102,6 +102,12 @@ def test_editing_a_parameter_reruns_only_what_it_affects(
         (lambda c: c["datasets"]["tiny"].update(frame=[1, 5]), "did you mean 'frames'"),
         (lambda c: c["datasets"]["tiny"].update(frames=[5, 1]), "needs first <= last"),
         (lambda c: c["datasets"]["tiny"].update(experiment=-1), "experiment"),
+        (lambda c: c["find_peaks"].update(count_threshold=float("nan")), "not a finite number"),
+        (lambda c: c["bin_background"].update(valid_range=[200, 0]), "needs LO < HI"),
+        (
+            lambda c: c["backgrounds"]["tiny_bkg"].update(bin_background={"valid_range": [5, 5]}),
+            "backgrounds.tiny_bkg.bin_background.valid_range",
+        ),
     ],
 )
 def test_bad_config_is_refused_before_any_job(tmp_path, mutate, message):
@@ -133,6 +139,38 @@ def test_editing_frames_reruns_that_dataset_only(workflow_run):
     expected = {"import_geometry", "import_data", "find_peaks", "mask_peaks", "qc_dataset"}
     assert set(jobs) - {"all"} == expected, jobs
     snakemake(wd, "--dry-run", config=SMALL_CONFIG)  # leave the config as it was
+
+
+def test_killed_snakemake_then_unlock_and_rerun_equals_a_clean_run(workflow_run, tmp_path):
+    """kill -9 of Snakemake itself while jobs run: the running job is orphaned and finishes
+    on its own; the next run needs --unlock, reruns what is incomplete and gives the same
+    arrays as an uninterrupted run, with no temporary file left."""
+    import os
+    import signal
+    import time
+
+    from conftest import SNAKEMAKE
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+           "--cores", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "logs").glob("import_*/*.log")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the workflow ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(5)  # let orphaned jobs finish or fail on their own
+    locked = snakemake(tmp_path)  # a dry run needs no lock; a real one does
+    assert locked.returncode != 0 and "unlock" in (locked.stdout + locked.stderr).lower()
+    assert snakemake(tmp_path, "--unlock").returncode == 0
+    rerun = snakemake(tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_workflow_outputs(workflow_run / "results", tmp_path / "results")
+    assert not [p for p in (tmp_path / "results").rglob(".*") if ".tmp" in p.name]
 
 
 def test_profiles_are_valid_yaml():

@@ -60,8 +60,8 @@ def check_valid_range(valid_range):
     if valid_range is None:
         return None
     lo, hi = valid_range
-    if not lo < hi:
-        raise InputError(f"valid_range must have LO < HI, is [{lo}, {hi}]")
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise InputError(f"valid_range must be finite with LO < HI, is [{lo}, {hi}]")
     return float(lo), float(hi)
 
 
@@ -132,10 +132,11 @@ def bin_series(series, bins, valid_range, mask_path=None, pool=None, log=print) 
         mask_file = open_input(mask_path, "a mask (mask.nxs)", ["mask"])
         mask_ds = mask_file["entry/mask/signal"]
         if mask_ds.shape != series.shape or mask_ds.dtype != bool:
+            found = f"{mask_ds.dtype} {mask_ds.shape}"  # read before the file closes
             mask_file.close()
             raise InputError(
-                f"{mask_path}: mask must be bool with the data's shape {series.shape}, is "
-                f"{mask_ds.dtype} {mask_ds.shape}"
+                f"{mask_path}: mask must be bool with the shape of {series.path}'s images "
+                f"{series.shape}, is {found}"
             )
     try:
         for b, (p0, p1) in enumerate(zip(ps[:-1], ps[1:], strict=True)):

@@ -99,7 +99,9 @@ def write_geometry(
         frames=list(expt.scan.image_range),
     )
     with nexus.atomic_output(outfile) as tmp:
-        with nexus.new_file(tmp, "import_geometry", params, [expt.path]) as f:
+        with nexus.new_file(
+            tmp, "import_geometry", params, [expt.path], nexus.sweep_record(expt)
+        ) as f:
             entry = f["entry"]
             c = nexus.mdx2_group(entry, "crystal", "mdx2.geometry", "Crystal", "NXsample")
             c.create_dataset("space_group", data=sg.hm)
@@ -243,7 +245,7 @@ def write_data(
     )
     inputs = [expt.path]
     with nexus.atomic_output(outfile) as tmp, ThreadPoolExecutor(max(1, nproc)) as pool:
-        with nexus.new_file(tmp, "import_data", params, inputs) as f:
+        with nexus.new_file(tmp, "import_data", params, inputs, nexus.sweep_record(expt)) as f:
             if job is not None:
                 nexus.mark_partial(f, (first, last), job)
             # the resolved experiment travels with the data, so QC and later steps can compute

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffuseflow.errors import InputError
 from diffuseflow.geometry.kernels import grid_cells, peak_mask_exact, peak_mask_grid
 from diffuseflow.geometry.symmetry import allowed_table, index_limit
 
@@ -54,6 +55,18 @@ class PeakMasker:
             M = np.ascontiguousarray(self.M[i])
             peak_mask_exact(self.q, M, self.r0, self.P, self.allowed, self.hmax, self.cutoff2, out)
         return out
+
+
+def check_peaks_inside(peaks, axes, peaks_path, data_path):
+    """Refuse peak pixels that lie outside the image series' axes (a peaks.nxs from another
+    sweep, for files that carry no sweep record): clamping them would mask wrong pixels."""
+    for values, axis, name in zip(peaks, axes, ("phi", "iy", "ix"), strict=True):
+        values = np.asarray(values, float)
+        if values.size and (values.min() < axis[0] - 0.5 or values.max() > axis[-1] + 0.5):
+            raise InputError(
+                f"{peaks_path}: peak pixels reach {name} {values.min():g}..{values.max():g}, "
+                f"outside {data_path}'s {axis[0]:g}..{axis[-1]:g}; made from another sweep?"
+            )
 
 
 def hot_pixel_indices(peaks_phi, peaks_iy, peaks_ix, phi_axis, iy_axis, ix_axis):

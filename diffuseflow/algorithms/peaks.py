@@ -155,6 +155,11 @@ def fit_peak_model(offsets: np.ndarray, sigma_cutoff: float):
         raise InputError(f"sigma_cutoff must be > 0, is {sigma_cutoff}")
     first = fit_moments(offsets)
     outliers = first.mahalanobis2(offsets) > sigma_cutoff**2
+    if (~outliers).sum() < 4:
+        raise InputError(
+            f"sigma_cutoff {sigma_cutoff:g} rejects {int(outliers.sum())} of {len(offsets)} peak "
+            "pixels as outliers, leaving too few to fit; raise sigma_cutoff (3 is usual)"
+        )
     model = fit_moments(offsets[~outliers])
     return model, outliers
 

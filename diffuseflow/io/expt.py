@@ -464,8 +464,10 @@ def read_expt(
         text = path.read_text()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not valid JSON (a binary file, not a DIALS .expt)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
     return experiment_from_text(text, path, index, frames)
 
 

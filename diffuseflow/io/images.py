@@ -8,10 +8,12 @@ mask, and untrusted regions from the user (DIALS' ``untrusted.circle``/``rectang
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,22 +147,54 @@ def _load_dials_mask(path: str, shape) -> np.ndarray:
 # raw readers
 
 
-def _read_fabio(path: str) -> np.ndarray:
-    import logging
+class _FabioComplaints(logging.Handler):
+    """fabio logs what it finds wrong (e.g. a CBF whose binary section no longer matches its
+    Content-MD5) instead of raising: collect those records per thread, print none of them."""
 
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.by_thread: dict[int, list[str]] = {}
+
+    def emit(self, record):
+        self.by_thread.setdefault(record.thread, []).append(record.getMessage())
+
+    def take(self) -> list[str]:
+        return self.by_thread.pop(threading.get_ident(), [])
+
+
+_COMPLAINTS = _FabioComplaints()
+
+
+def _fabio_logger():
+    log = logging.getLogger("fabio")
+    if _COMPLAINTS not in log.handlers:
+        log.addHandler(_COMPLAINTS)
+        log.propagate = False  # reported once, by us, as one line
+        log.setLevel(logging.ERROR)
+
+
+def _read_fabio(path: str) -> np.ndarray:
     import fabio
 
-    # fabio logs its own complaints (e.g. checksum mismatches) before raising; we report once
-    logging.getLogger("fabio").setLevel(logging.CRITICAL)
-
+    _fabio_logger()
     if not os.path.exists(path):
         raise InputError(f"{path}: image file not found")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: empty image file (0 bytes)")
+    _COMPLAINTS.take()
     try:
         img = fabio.open(path)
         data = img.data
     except Exception as e:  # fabio raises many types for damaged files
         msg = str(e).splitlines()[0] if str(e) else "truncated or corrupt file"
         raise InputError(f"{path}: cannot read image ({msg})") from None
+    finally:
+        complaints = _COMPLAINTS.take()
+    checksum = [c for c in complaints if "checksum" in c.lower() or "md5" in c.lower()]
+    if checksum:
+        raise InputError(
+            f"{path}: corrupt image: its binary data do not match the header's Content-MD5"
+        )
     if data is None:
         raise InputError(f"{path}: cannot read image (no data)")
     return data

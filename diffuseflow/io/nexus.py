@@ -43,16 +43,91 @@ GZIP_LEVEL = 1
 # files
 
 
+TMP_TAG = ".tmp"
+
+
+def _temp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}{TMP_TAG}{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by runs that were killed (kill -9, node
+    failure): ``.NAME.tmpPID`` whose process no longer exists. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}{TMP_TAG}"
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}{TMP_TAG}*"):
+        pid = tmp.name[len(prefix) :]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def check_writable(path):
+    """Refuse, before any work, an output that cannot be written: its folder cannot be made or
+    is not writable, or the path is a folder."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path}: cannot create its folder {parent} ({e.strerror})") from None
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an output file name")
+    probe = _temp_name(path, os.getpid())
+    try:  # the only test that holds for root, read-only mounts and quotas alike: try it
+        with open(probe, "xb"):
+            pass
+    except FileExistsError:
+        pass  # our own temporary file from this very process
+    except OSError as e:
+        raise InputError(f"{path}: cannot write here ({e.strerror})") from None
+    else:
+        probe.unlink()
+
+
 @contextlib.contextmanager
 def atomic_output(path):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary file is removed on any failure; one left by a killed run is removed by the
+    next run of the same output. A write that fails (disk full, file-size limit, I/O error)
+    becomes one line naming the output."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    check_writable(path)
+    remove_stale_temps(path)
+    tmp = _temp_name(path, os.getpid())
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "errno =" not in str(e):
+            raise  # not an I/O failure (HDF5 reports those as RuntimeError on close)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        errno = getattr(e, "errno", None)
+        if "errno = 28" in str(e) or errno == 28:
+            reason = "no space left on device"
+        elif "errno = 27" in str(e) or errno == 27:
+            reason = "file too large for this file system or limit"
+        raise InputError(f"{path}: could not be written ({reason}); nothing was left") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -67,9 +142,63 @@ def describe_inputs(paths) -> list[dict]:
     return out
 
 
-def new_file(path, program: str, parameters: dict, inputs=()) -> h5py.File:
-    """Create a NeXus file with /entry and the provenance attributes."""
+#: root attribute: which sweep (images, frames, shape, rotation) a file was made from
+SWEEP_ATTR = "diffuseflow_sweep"
+
+
+def sweep_record(expt) -> dict:
+    """The identity of a sweep's images: template name, frames, stack shape, rotation. Files
+    made from the same images carry the same record, whatever their parameters."""
+    template = expt.images.template if expt.images is not None else ""
+    n = expt.scan.num_images
+    return {
+        "images": os.path.basename(template),
+        "frames": [int(v) for v in expt.scan.image_range],
+        "shape": [n, *(int(v) for v in expt.panel.shape)],
+        "phi": [round(float(expt.scan.phi_start), 9), round(float(expt.scan.phi_width), 9)],
+    }
+
+
+def sweep_of(path) -> dict | None:
+    """The sweep record of a diffuseflow file (None for files without one, e.g. mdx2's)."""
+    try:
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get(SWEEP_ATTR)
+    except OSError:
+        return None
+    return json.loads(text) if text else None
+
+
+def _describe_sweep(rec: dict) -> str:
+    a, b = rec["frames"]
+    return f"{rec['images']} images {a}-{b}, {'x'.join(map(str, rec['shape']))}"
+
+
+def check_same_sweep(files: dict):
+    """Refuse input files that were made from different sweeps, naming both: {role: path}."""
+    seen = None
+    for role, path in files.items():
+        if path is None:
+            continue
+        rec = sweep_of(path)
+        if rec is None:
+            continue
+        if seen is None:
+            seen = (role, path, rec)
+        elif rec != seen[2]:
+            raise InputError(
+                f"{path} ({role}) and {seen[1]} ({seen[0]}) come from different sweeps "
+                f"({_describe_sweep(rec)} vs {_describe_sweep(seen[2])})"
+            )
+
+
+def new_file(
+    path, program: str, parameters: dict, inputs=(), sweep: dict | None = None
+) -> h5py.File:
+    """Create a NeXus file with /entry, the provenance attributes and the sweep record."""
     f = h5py.File(path, "w", track_order=True)
+    if sweep is not None:
+        f.attrs[SWEEP_ATTR] = json.dumps(sweep, sort_keys=True)
     f.attrs["mdx2_version"] = MDX2_VERSION
     f.attrs["diffuseflow_version"] = __version__
     f.attrs["diffuseflow_program"] = program
@@ -222,7 +351,13 @@ def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecuto
         and (stop % dset.chunks[0] == 0 or stop == dset.shape[0])
     )
     if not direct:
-        return dset[start:stop]
+        try:
+            return dset[start:stop]
+        except OSError as e:
+            raise InputError(
+                f"{dset.file.filename}: cannot read frames {start}-{stop - 1} of {dset.name}: "
+                f"a compressed chunk is corrupt or its filter is missing ({str(e).splitlines()[0]})"
+            ) from None
     cf, cy, cx = dset.chunks
     _, ny, nx = dset.shape
     out = np.empty((stop - start, ny, nx), dset.dtype)
@@ -237,17 +372,30 @@ def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecuto
     ]
 
     def decode(t):
-        f0, y0, x0 = t
         try:
-            mask, buf = dset.id.read_direct_chunk((f0, y0, x0))
-        except (OSError, KeyError):  # chunk never written: fill value
-            block = np.full((cf, cy, cx), fill, dset.dtype)
+            _decode(t)
+        except InputError:
+            raise
+        except Exception as e:  # a damaged chunk: zlib/ISA-L errors, bad lengths
+            f0, y0, x0 = t
+            raise InputError(
+                f"{dset.file.filename}: the compressed chunk at frame {f0}, row {y0}, column "
+                f"{x0} of {dset.name} is corrupt ({type(e).__name__}: {e}); re-create the file"
+            ) from None
+
+    def _decode(t):
+        f0, y0, x0 = t
+        if dset.id.get_chunk_info_by_coord((f0, y0, x0)).byte_offset is None:
+            block = np.full((cf, cy, cx), fill, dset.dtype)  # never written: fill value
         else:
+            mask, buf = dset.id.read_direct_chunk((f0, y0, x0))
             # filter_mask bit i set = filter i was skipped (HDF5 skips optional filters that
             # fail to shrink a chunk); pipeline order is shuffle (if any), then deflate.
             deflate_bit = 1 << (1 if shuffle else 0)
             if gzip_on and not mask & deflate_bit:
                 buf = _zlib.decompress(buf)
+            if len(buf) != cf * cy * cx * out.itemsize:
+                raise ValueError(f"decodes to {len(buf)} bytes, not {cf * cy * cx * out.itemsize}")
             nf_, ny_, nx_ = min(cf, stop - f0), min(cy, ny - y0), min(cx, nx - x0)
             if shuffle and not mask & 1 and out.itemsize > 1:
                 unshuffle_chunk_into(buf, out, f0 - start, y0, x0, (cf, cy, cx), nf_, ny_, nx_)
@@ -294,6 +442,7 @@ def gather_partials(parts, outfile, expect: dict | None = None):
     the file a single job would have written, chunk for chunk. Per-frame mask counts add up.
     ``expect``: parameters every part must have been made with (stale parts are refused).
     """
+    check_same_sweep({f"part {k}": p for k, p in enumerate(parts)})
     opened = []
     try:
         for p in parts:

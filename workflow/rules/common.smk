@@ -28,6 +28,7 @@ _problem = config_check.problem(
     config,
     config_check.load_yaml(f"{workflow.basedir}/workflow/schemas/config.schema.yaml"),
 )
+_problem = _problem or config_check.value_problem(config)
 if _problem:
     refuse(_problem)
 
@@ -47,12 +48,6 @@ for _name, _ds in DATASETS.items():
             f"config: datasets.{_name}.background names {_bkg!r}, which is not under "
             f"backgrounds (known: {sorted(BACKGROUNDS) or 'none'})"
         )
-for _section, _sweeps in (("datasets", DATASETS), ("backgrounds", BACKGROUNDS)):
-    for _name, _sweep in _sweeps.items():
-        if "frames" in _sweep and _sweep["frames"][0] > _sweep["frames"][1]:
-            refuse(
-                f"config: {_section}.{_name}.frames = {_sweep['frames']}: needs first <= last"
-            )
 for _name in set(DATASETS) & set(BACKGROUNDS):
     refuse(f"config: {_name!r} is both a dataset and a background; rename one")
 
