@@ -206,7 +206,7 @@ def test_mdx2_compat_mode_runs_on_the_corner_grid(insulin_run, tmp_path):
     [
         (["--count_threshold", 1e9], "no pixel above count_threshold"),
         (["--count_threshold", 20, "--sigma_cutoff", 0], "sigma_cutoff must be > 0"),
-        (["--count_threshold", -5], "count_threshold must be >= 0"),
+        (["--count_threshold", -5], "count_threshold must be a finite number >= 0"),
         (["--count_threshold", "lots"], "must be a number or 'auto'"),
     ],
 )
@@ -232,6 +232,22 @@ def test_mismatched_geometry_and_data(insulin_run, p212121_run, tmp_path):
         out,
         check=False,
     )
+    assert proc.returncode == 2 and "different sweeps" in proc.stderr and not out.exists()
+    assert str(p212121_run / "geometry.nxs") in proc.stderr
+    assert str(insulin_run / "data.nxs") in proc.stderr
+    # a data.nxs without the sweep record (as mdx2 writes it): the shape check still refuses
+    import shutil
+
+    import h5py
+
+    data = tmp_path / "data.nxs"
+    shutil.copyfile(insulin_run / "data.nxs", data)
+    with h5py.File(data, "a") as f:
+        del f.attrs["diffuseflow_sweep"]
+    proc = run_script(
+        "find_peaks", p212121_run / "geometry.nxs", data, "--count_threshold", 20,
+        "--outfile", out, check=False,
+    )  # fmt: skip
     assert proc.returncode == 2 and "does not match" in proc.stderr and not out.exists()
 
 

@@ -156,6 +156,7 @@ def test_single_file_indices_and_frames_pick_frames_across_data_files(tmp_path):
     np.testing.assert_array_equal(imported(tmp_path, expt), raw[[1, 3]])
     # image 2 of that scan is file frame 4: --frames 2 2 takes it alone
     np.testing.assert_array_equal(imported(tmp_path, expt, "--frames", 2, 2), raw[[3]])
+    assert "one threshold channel" in refused(tmp_path, expt, "--threshold_channel", 2)
 
 
 def test_missing_data_file_is_named(tmp_path):

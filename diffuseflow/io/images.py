@@ -241,12 +241,17 @@ class _Hdf5Stack:
         if names:
             self.blocks = [self._linked_dataset(grp, n) for n in names]
         elif "data" in grp:
-            self.blocks = [self._plain_or_virtual(grp, "data")]
+            self.blocks = [self._linked_dataset(grp, "data")]
         else:
             raise InputError(f"{path}: /entry/data holds no image datasets")
         self.ndim = self.blocks[0].ndim
         if self.ndim == 4:
             self.channel = self._pick_channel(grp, threshold_channel)
+        elif self.ndim == 3 and threshold_channel != 1:
+            raise InputError(
+                f"{path}: holds one threshold channel; threshold_channel {threshold_channel} "
+                "does not exist"
+            )
         elif self.ndim != 3:
             raise InputError(
                 f"{path}: /entry/data holds {self.ndim}-D images; expected (image, y, x) or "
@@ -319,9 +324,6 @@ class _Hdf5Stack:
         if ds.is_virtual:
             self._check_virtual_sources(ds, f"/entry/data/{name}")
         return ds
-
-    def _plain_or_virtual(self, grp, name):
-        return self._linked_dataset(grp, name)
 
     def _check_virtual_sources(self, ds, where):
         missing = []
