@@ -111,6 +111,7 @@ CASES = [
     ("peaks-no-geometry", lambda a, b, t: ("find_peaks", t / "g.nxs", a / "data.nxs", "--count_threshold", 20), ["g.nxs", "no such file"]),
     ("peaks-data-not-hdf5", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "crystal/sweep.expt", "--count_threshold", 20), ["sweep.expt", "not an HDF5"]),
     ("peaks-data-other-sweep", lambda a, b, t: ("find_peaks", a / "geometry.nxs", b / "data.nxs", "--count_threshold", 20), ["different sweeps", "sweep_b"]),
+    ("peaks-same-names-other-folder", lambda a, b, t: ("find_peaks", a / "geometry.nxs", _reimported(a, t), "--count_threshold", 20), ["different sweeps", "crystal_#####.cbf"]),
     ("peaks-background-data", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "bkg_data.nxs", "--count_threshold", 20), ["different sweeps", "bkg_data.nxs"]),
     ("peaks-threshold-nan", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs", "--count_threshold", "nan"), ["--count_threshold", "finite"]),
     ("peaks-threshold-negative", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs", "--count_threshold", -5), ["--count_threshold", ">= 0"]),
@@ -179,6 +180,14 @@ def _unrecorded(src: Path, t: Path) -> Path:
     with h5py.File(dst, "a") as f:
         del f.attrs["diffuseflow_sweep"]
     return dst
+
+
+def _reimported(a: Path, t: Path) -> Path:
+    """The same file names and settings in another folder (as a second crystal collected
+    with the same template would be), imported there."""
+    c = copy_sweep(a, t / "c")
+    run_script("import_data", c / "crystal/sweep.expt", "--outfile", c / "data.nxs")
+    return c / "data.nxs"
 
 
 def _mixed(a: Path, b: Path, t: Path) -> Path:

@@ -147,12 +147,14 @@ SWEEP_ATTR = "diffuseflow_sweep"
 
 
 def sweep_record(expt) -> dict:
-    """The identity of a sweep's images: template name, frames, stack shape, rotation. Files
-    made from the same images carry the same record, whatever their parameters."""
+    """The identity of a sweep's images: where they are (the resolved template: two crystals
+    collected with the same file names in two folders differ), frames, stack shape and
+    rotation. Files made from the same images carry the same record, whatever their
+    parameters."""
     template = expt.images.template if expt.images is not None else ""
     n = expt.scan.num_images
     return {
-        "images": os.path.basename(template),
+        "images": template,
         "frames": [int(v) for v in expt.scan.image_range],
         "shape": [n, *(int(v) for v in expt.panel.shape)],
         "phi": [round(float(expt.scan.phi_start), 9), round(float(expt.scan.phi_width), 9)],
