@@ -68,7 +68,8 @@ def problem(config: dict, schema: dict) -> str | None:
     if error.validator == "pattern" and where:
         return (
             f"config: {_key_path(where[:-1]) if len(where) > 1 else 'name'} "
-            f"{error.instance!r}: {schema_description(error.schema)}"
+            f"{error.instance!r}: "
+            f"{error.schema.get('description', 'does not match the allowed pattern')}"
         )
     value = error.instance
     shown = repr(value) if not isinstance(value, dict | list) or len(repr(value)) < 60 else "..."
@@ -105,10 +106,6 @@ def value_problem(config: dict) -> str | None:
         if isinstance(vr, list) and len(vr) == 2 and not vr[0] < vr[1]:
             return f"config: {prefix}bin_background.valid_range = {vr}: needs LO < HI"
     return None
-
-
-def schema_description(node: dict) -> str:
-    return node.get("description", "does not match the allowed pattern")
 
 
 def load_yaml(path) -> dict:

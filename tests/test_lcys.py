@@ -6,15 +6,12 @@ the mask (pixels and whole spots, independently of the peak search), with its QC
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import fabio
 import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, snakemake
 from realdata import REAL, need
 from scipy import ndimage
 
@@ -27,12 +24,7 @@ def lcys_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("lcys_wf")
     cfg = yaml.safe_load((ROOT / "config" / "lcys.yaml").read_text())
     cfg["datasets"]["lcys"]["expt"] = str(LCYS / "indexed.expt")
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-         "--directory", str(d), "--configfile", str(d / "config.yaml"), "--cores", "2"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    proc = snakemake(d, config=cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the user's config names its own dataset: the built-in demo does not run with it
     assert not (d / "results" / "demo").exists() and not (d / "resources").exists()

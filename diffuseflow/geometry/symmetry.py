@@ -145,12 +145,8 @@ def as_symmetry(group) -> CrystalSymmetry:
     return space_group_from_hall(" " + group.hall, group.xhm())
 
 
-def _centring_of(sym: CrystalSymmetry) -> str:
-    return sym.centring
-
-
 def centring_condition(sym: CrystalSymmetry) -> str:
-    return CENTRING_CONDITIONS.get(_centring_of(as_symmetry(sym)), "True")
+    return CENTRING_CONDITIONS.get(as_symmetry(sym).centring, "True")
 
 
 def _linear_form(column: np.ndarray) -> str:
@@ -238,7 +234,7 @@ def is_allowed(sg: gemmi.SpaceGroup, hkl: np.ndarray, rule: str = "full") -> np.
         return ~np.asarray(absent, bool).reshape(hkl.shape[:-1])
     if rule == "centring":
         h, k, l = (flat[:, i].astype(np.int64) for i in range(3))  # noqa: E741
-        c = _centring_of(sym)
+        c = sym.centring
         ok = {
             "P": lambda: np.ones(h.shape, bool),
             "I": lambda: (h + k + l) % 2 == 0,

@@ -386,7 +386,7 @@ class _Hdf5Stack:
                 m = m[0]
             if m.ndim != 2:
                 raise InputError(f"{self.path}: /{where} has shape {m.shape}; expected (y, x)")
-            shape = self.blocks[0].shape[-2:]
+            shape = self.frame_shape
             if m.shape != shape and m.shape[::-1] == shape:
                 # legacy Diamond masters stored (x, y); dxtbx reads them transposed too
                 _warn(f"{self.path}: /{where} is stored transposed {m.shape}; transposing it")

@@ -15,6 +15,7 @@ run never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -68,17 +69,13 @@ def remove_stale_temps(path) -> list[Path]:
     if not path.parent.is_dir():
         return removed
     prefix = f".{path.name}{TMP_TAG}"
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}{TMP_TAG}*"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}{TMP_TAG}*"):
         pid = tmp.name[len(prefix) :]
         if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed.append(tmp)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def check_writable(path):
