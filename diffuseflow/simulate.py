@@ -8,8 +8,15 @@ beside them (``truth.json``) so that every later step can be scored:
   scaled by a random intensity per reflection (absent reflections, by gemmi, have none).
   Counts are the Gaussian point-sampled at the pixel centre and the frame-centre angle, so the
   truth of "expected Bragg photons per pixel" is exact: :meth:`Simulation.bragg_expected`.
-* Background: air scatter falling with angle, a smooth diffuse halo and a solvent ring
-  (crystal sweep only), times polarisation and solid angle; :meth:`background_rate`.
+* Air scatter falling with angle (both sweeps; :meth:`background_rate`), which the background
+  sweep measures.
+* Diffuse scattering (crystal sweep), the truth a map is scored on: an intensity D(hkl)
+  (:meth:`diffuse_intensity`, in mdx2's units: count rate / (solid angle x polarisation x
+  efficiency x attenuation)) made of an isotropic halo and solvent ring, a smooth anisotropic
+  term, and halos around the allowed Bragg positions whose width differs along and across the
+  scattering vector and whose strength varies with direction; every term is invariant under
+  the crystal's Laue group. Counts = D(hkl at the pixel centre and frame-centre angle) x the
+  pixel's exact correction factors (those import_geometry writes) x exposure.
 * Poisson noise, a few zingers, Pilatus/Eiger module gaps and a beamstop written as -1; the
   background sweep may carry a small bright "salt" spot that ``valid_range`` must remove.
 
@@ -25,10 +32,11 @@ from pathlib import Path
 
 import gemmi
 import numpy as np
+from numba import njit, prange
 
 from diffuseflow.geometry.kernels import bragg_image
-from diffuseflow.geometry.model import SweepGeometry
-from diffuseflow.geometry.symmetry import allowed_table, index_limit
+from diffuseflow.geometry.model import SweepGeometry, air_attenuation_per_mm
+from diffuseflow.geometry.symmetry import allowed_table, index_limit, symmetry_fields
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.writers import pilatus_header, write_cbf, write_eiger, write_smv
 
@@ -82,6 +90,19 @@ class Preset:
     zingers_per_frame: int
     beamstop_radius: float  #: pixels
     salt_rate: float  #: counts/s of the stray bright spot in the background sweep (0 = none)
+    #: anisotropic diffuse signal (crystal sweep), rates in counts/s at the normal pixel:
+    #: a smooth envelope in s times a Laue-symmetrised direction factor ...
+    aniso_rate: float = 6.0
+    aniso_s: float = 0.22  #: 1/Angstrom, envelope width
+    aniso_axis: tuple = (1.0, 2.0, 3.0)  #: direction u in the crystal's Cartesian frame
+    #: ... and halos around the allowed Bragg positions, wider across than along the
+    #: scattering vector (widths in units of the largest reciprocal axis), strength peaking at
+    #: s = bragg_halo_s and varying with the reflection's direction
+    bragg_halo_rate: float = 8.0
+    bragg_halo_s: float = 0.25
+    bragg_halo_radial: float = 0.3
+    bragg_halo_tangential: float = 0.45
+    bragg_halo_anisotropy: float = 0.8
     image_format: str = "cbf"
     compress: str | None = None
     seed: int = 1
@@ -205,6 +226,64 @@ def gap_rectangles(p: Preset) -> list[list[int]]:
         rects.append([0, y, p.nx, min(y + gs, p.ny)])
         y += ms + gs
     return rects
+
+
+@njit(cache=True, inline="always")
+def _direction_factor(x, y, z, V):
+    """mean over the Laue-related unit vectors v of (q.v)^4 for a unit vector q: in [0, 1]."""
+    acc = 0.0
+    for g in range(V.shape[0]):
+        c = x * V[g, 0] + y * V[g, 1] + z * V[g, 2]
+        c2 = c * c
+        acc += c2 * c2
+    return acc / V.shape[0]
+
+
+@njit(parallel=True, cache=True)
+def _diffuse_kernel(hkl, B, iso, aniso, V, halo, allowed, hmax, out):
+    """D(hkl) of every row of hkl (n, 3); parameters as packed by Simulation._diffuse_args."""
+    halo_amp, halo_s, halo_w, ring_amp, ring_s, ring_w = iso
+    an_amp, an_s = aniso
+    bh_amp, bh_s, wr, wt, beta = halo
+    for e in prange(hkl.shape[0]):
+        h, k, l = hkl[e, 0], hkl[e, 1], hkl[e, 2]  # noqa: E741
+        qx = B[0, 0] * h + B[0, 1] * k + B[0, 2] * l
+        qy = B[1, 0] * h + B[1, 1] * k + B[1, 2] * l
+        qz = B[2, 0] * h + B[2, 1] * k + B[2, 2] * l
+        s = np.sqrt(qx * qx + qy * qy + qz * qz)
+        d = halo_amp * np.exp(-0.5 * ((s - halo_s) / halo_w) ** 2)
+        d += ring_amp * np.exp(-0.5 * ((s - ring_s) / ring_w) ** 2)
+        if s > 0:
+            x = s / an_s
+            d += (
+                an_amp * x * x * np.exp(-0.5 * x * x) * _direction_factor(qx / s, qy / s, qz / s, V)
+            )
+        H0 = int(np.rint(h))
+        K0 = int(np.rint(k))
+        L0 = int(np.rint(l))
+        for dh in range(-1, 2):
+            for dk in range(-1, 2):
+                for dl in range(-1, 2):
+                    H, K, L = H0 + dh, K0 + dk, L0 + dl
+                    if abs(H) > hmax or abs(K) > hmax or abs(L) > hmax:
+                        continue
+                    if (H == 0 and K == 0 and L == 0) or not allowed[H + hmax, K + hmax, L + hmax]:
+                        continue
+                    gx = B[0, 0] * H + B[0, 1] * K + B[0, 2] * L
+                    gy = B[1, 0] * H + B[1, 1] * K + B[1, 2] * L
+                    gz = B[2, 0] * H + B[2, 1] * K + B[2, 2] * L
+                    sg = np.sqrt(gx * gx + gy * gy + gz * gz)
+                    ux, uy, uz = gx / sg, gy / sg, gz / sg
+                    dx, dy, dz = qx - gx, qy - gy, qz - gz
+                    r = dx * ux + dy * uy + dz * uz
+                    t2 = dx * dx + dy * dy + dz * dz - r * r
+                    d2 = r * r / (wr * wr) + t2 / (wt * wt)
+                    if d2 < 36.0:
+                        xg = (sg / bh_s) ** 2
+                        amp = bh_amp * xg * np.exp(1.0 - xg)
+                        amp *= 1.0 + beta * _direction_factor(ux, uy, uz, V)
+                        d += amp * np.exp(-0.5 * d2)
+        out[e] = d
 
 
 class Simulation:
@@ -412,25 +491,93 @@ class Simulation:
                 return SweepGeometry(read_expt(path))
         return SweepGeometry(read_expt(expt_path))
 
-    def background_rate(self, geom: SweepGeometry, crystal: bool) -> np.ndarray:
-        """Expected counts per second per pixel without Bragg peaks (ny, nx)."""
+    def background_rate(self, geom: SweepGeometry) -> np.ndarray:
+        """Expected air-scatter counts per second per pixel (ny, nx), the same in both
+        sweeps: what the background sweep measures and correct subtracts."""
         p = self.p
         ny, nx = geom.shape
         xyz = geom.lab_position(np.arange(ny)[:, None], np.arange(nx)[None, :])
         d = np.linalg.norm(xyz, axis=-1)
         cos2t = (xyz @ geom.s0) / (d * np.linalg.norm(geom.s0))
         two_theta = np.degrees(np.arccos(np.clip(cos2t, -1, 1)))
-        s = 2 * np.sin(np.radians(two_theta) / 2) / p.wavelength
         normal = geom.panel.normal
         solid = (xyz @ normal / d) * (p.distance / d) ** 2  # relative to the normal pixel
         e0 = geom.s0 / np.linalg.norm(geom.s0)
         pv1 = np.cross(e0, geom.beam.polarization_normal)
         pol = 1 - ((xyz @ pv1) / d) ** 2 * 0.999
-        rate = p.air_rate * np.exp(-two_theta / p.air_falloff_deg)
-        if crystal:
-            rate = rate + p.halo_rate * np.exp(-0.5 * ((s - p.halo_s) / p.halo_width) ** 2)
-            rate = rate + p.ring_rate * np.exp(-0.5 * ((s - p.ring_s) / p.ring_width) ** 2)
-        return rate * solid * pol
+        return p.air_rate * np.exp(-two_theta / p.air_falloff_deg) * solid * pol
+
+    # -- diffuse truth ----------------------------------------------------------------------------
+
+    def reciprocal_basis(self) -> np.ndarray:
+        """B: hkl -> the crystal's Cartesian reciprocal vector (1/Angstrom)."""
+        return np.array(gemmi.UnitCell(*self.p.cell).frac.mat.tolist()).T
+
+    def intensity_scale(self) -> float:
+        """Counts/s at the normal-incidence pixel per unit D: 1 / (solid angle x efficiency x
+        attenuation) of that pixel, so the rate parameters read as counts/s there."""
+        p = self.p
+        import xraydb
+
+        mu_si = float(xraydb.material_mu("Si", 12398.419843320026 / p.wavelength)) / 10
+        omega = (p.pixel / p.distance) ** 2
+        efficiency = 1 - np.exp(-mu_si * 0.32)
+        attenuation = np.exp(-air_attenuation_per_mm(p.wavelength) * p.distance)
+        return 1.0 / (omega * efficiency * attenuation)
+
+    def _diffuse_args(self):
+        if getattr(self, "_dargs", None) is None:
+            p = self.p
+            B = self.reciprocal_basis()
+            k = self.intensity_scale()
+            ops = symmetry_fields(self.space_group)["laue_group_operators"]
+            u = np.asarray(p.aniso_axis, float)
+            u /= np.linalg.norm(u)
+            Binv = np.linalg.inv(B)
+            V = np.array([(B @ op.T @ Binv).T @ u for op in ops])  # v = R_W^T u, W = op.T
+            V /= np.linalg.norm(V, axis=1, keepdims=True)
+            rstar = float(np.linalg.norm(B, axis=0).max())
+            iso = np.array(
+                [p.halo_rate * k, p.halo_s, p.halo_width, p.ring_rate * k, p.ring_s, p.ring_width]
+            )
+            aniso = np.array([p.aniso_rate * k, p.aniso_s])
+            halo = np.array(
+                [
+                    p.bragg_halo_rate * k,
+                    p.bragg_halo_s,
+                    p.bragg_halo_radial * rstar,
+                    p.bragg_halo_tangential * rstar,
+                    p.bragg_halo_anisotropy,
+                ]
+            )
+            hmax = 64
+            allowed = allowed_table(self.space_group, hmax, "full")
+            self._dargs = (B, iso, aniso, np.ascontiguousarray(V), halo, allowed, hmax)
+        return self._dargs
+
+    def diffuse_intensity(self, hkl) -> np.ndarray:
+        """The true diffuse intensity D at Miller indices hkl (..., 3), mdx2's units."""
+        hkl = np.asarray(hkl, float)
+        flat = np.ascontiguousarray(hkl.reshape(-1, 3))
+        out = np.empty(len(flat))
+        _diffuse_kernel(flat, *self._diffuse_args(), out)
+        return out.reshape(hkl.shape[:-1])
+
+    def isotropic_intensity(self, s) -> np.ndarray:
+        """The isotropic halo + solvent ring part of D at 1/d = s."""
+        p = self.p
+        k = self.intensity_scale()
+        s = np.asarray(s, float)
+        return k * (
+            p.halo_rate * np.exp(-0.5 * ((s - p.halo_s) / p.halo_width) ** 2)
+            + p.ring_rate * np.exp(-0.5 * ((s - p.ring_s) / p.ring_width) ** 2)
+        )
+
+    def diffuse_counts(self, frame: int) -> np.ndarray:
+        """Noise-free diffuse counts per pixel on crystal frame ``frame`` (call prepare)."""
+        M = self._M[frame]
+        hkl = np.einsum("ij,jyx->yxi", M, self._q)
+        return self.diffuse_intensity(hkl) * self._correction * self.p.exposure
 
     def salt_spot(self) -> tuple[int, int]:
         """(iy, ix) of the stray bright 3x3 spot in the background sweep."""
@@ -447,6 +594,9 @@ class Simulation:
         self._table = self.intensity_table(hmax)
         self._hmax = hmax
         self._P = np.linalg.inv(self.cov)
+        ny, nx = geom.shape
+        c = geom.corrections(np.arange(ny), np.arange(nx), air_attenuation_per_mm(geom.wavelength))
+        self._correction = c["solid_angle"] * c["polarization"] * c["efficiency"] * c["attenuation"]
 
     def bragg_expected(self, frame: int) -> np.ndarray:
         """Noise-free Bragg photons per pixel on crystal frame ``frame`` (call prepare first)."""
@@ -462,7 +612,7 @@ class Simulation:
         bragg = None
         if kind == "crystal":
             bragg = self.bragg_expected(index)
-            expected += bragg
+            expected += bragg + self.diffuse_counts(index)
         counts = rng.poisson(expected).astype(np.int32)
         ny, nx = counts.shape
         for _ in range(p.zingers_per_frame):  # cosmic rays / zingers
@@ -485,9 +635,13 @@ class Simulation:
             "principal_axes": evecs.T.tolist(),
             "space_group": self.space_group.hm,
             "salt_spot_iy_ix": list(self.salt_spot()),
+            "intensity_scale": self.intensity_scale(),
             "note": (
                 "Bragg counts = I(hkl) * exp(-d2/2), d2 the Mahalanobis distance of "
-                "(hkl - round(hkl) - r0) under cov, at the pixel centre and frame-centre angle"
+                "(hkl - round(hkl) - r0) under cov, at the pixel centre and frame-centre angle; "
+                "diffuse counts = D(hkl) * solid angle * polarisation * efficiency * "
+                "attenuation * exposure (Simulation.diffuse_intensity, rebuilt from this file "
+                "by load_simulation)"
             ),
         }
 
@@ -512,7 +666,7 @@ def write_sweeps(p: Preset, outdir, kinds=("crystal", "background"), log=print) 
         crystal = kind == "crystal"
         n = p.n_frames if crystal else p.bkg_frames
         expo = p.exposure if crystal else p.bkg_exposure
-        bkg_counts = sim.background_rate(geom, crystal) * expo
+        bkg_counts = sim.background_rate(geom) * expo
         invalid = sim.invalid_mask()
         if crystal:
             sim.prepare(geom)
@@ -563,3 +717,48 @@ def load_simulation(truth_path) -> Simulation:
     ):
         fields[k] = tuple(fields[k])
     return Simulation(Preset(**fields))
+
+
+def orbit_keys(space_group: gemmi.SpaceGroup, vox: np.ndarray) -> np.ndarray:
+    """A canonical int64 key of each integer index triple's orbit under the point group and
+    Friedel's law (the largest packed image): equal keys = symmetry-equivalent. Built from
+    gemmi's operators alone, independent of diffuseflow's asymmetric-unit code."""
+    rots = {tuple(np.array(op.rot).ravel() // op.DEN) for op in space_group.operations().sym_ops}
+    mats = [np.array(r, np.int64).reshape(3, 3) for r in rots]
+    mats += [-m for m in mats]
+    vox = np.asarray(vox, np.int64)
+    off = 1 << 20
+    best = None
+    for m in mats:
+        img = vox @ m  # Miller indices transform as row vectors: h' = h R
+        key = ((img[:, 0] + off) << 42) | ((img[:, 1] + off) << 21) | (img[:, 2] + off)
+        best = key if best is None else np.maximum(best, key)
+    return best
+
+
+def voxel_truth(sim: Simulation, geom: SweepGeometry, excluded, ndiv, frames=None):
+    """The true diffuse intensity of every voxel orbit as the integrated pixels see it:
+    sum(D C t) / sum(C t) over the valid, unmasked pixels of the voxel and all its symmetry
+    mates (C = the pixel's correction product), i.e. what a merge of noise-free counts would
+    give. ``excluded(i)`` -> bool (ny, nx) image of frame i's unused pixels.
+
+    Returns (orbit keys (see :func:`orbit_keys`, sorted), truth, weight).
+    """
+    sim.prepare(geom)
+    ndiv = np.asarray(ndiv, float)
+    frames = range(geom.scan.num_images) if frames is None else frames
+    keys, num, den = [], [], []
+    for i in frames:
+        use = ~excluded(i)
+        hkl = np.einsum("ij,jyx->yxi", sim._M[i], sim._q)[use]
+        w = sim._correction[use] * sim.p.exposure
+        d = sim.diffuse_intensity(hkl)
+        key = orbit_keys(sim.space_group, np.rint(hkl * ndiv).astype(np.int64))
+        u, inv = np.unique(key, return_inverse=True)
+        keys.append(u)
+        num.append(np.bincount(inv, weights=d * w))
+        den.append(np.bincount(inv, weights=w))
+    u, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    n = np.bincount(inv, weights=np.concatenate(num))
+    w = np.bincount(inv, weights=np.concatenate(den))
+    return u, n / w, w

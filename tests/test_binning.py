@@ -58,7 +58,7 @@ def background(insulin_run, tmp_path_factory):
 
 def true_binned_rate(sim, geom, bkg_nxs, ys, xs):
     """Mean of the true rate over each bin's valid pixels (the binned value's expectation)."""
-    rate = sim.background_rate(geom, crystal=False)
+    rate = sim.background_rate(geom)
     with h5py.File(bkg_nxs) as f:
         valid = f["entry/image_series/data"][0] != -1
     r = np.where(valid, rate, 0.0)

@@ -39,7 +39,7 @@ def test_each_format_imports_to_the_raw_frames(tmp_path, fmt, compress):
     # the same frames, regenerated from the simulator's seed, are the truth
     geom = sim.geometry(expt_path=expt)
     sim.prepare(geom)
-    bkg = sim.background_rate(geom, True) * p.exposure
+    bkg = sim.background_rate(geom) * p.exposure
     gaps = np.zeros_like(invalid)
     for x0, y0, x1, y1 in read_expt(expt).panel.mask_rectangles:
         gaps[y0:y1, x0:x1] = True

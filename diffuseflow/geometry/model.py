@@ -200,8 +200,15 @@ class SweepGeometry:
 
     def corrections(self, iy, ix, air_mu_per_mm: float) -> dict[str, np.ndarray]:
         """mdx2's per-pixel correction factors on the (iy, ix) grid (§3.1)."""
-        p = self.panel
         xyz = self.lab_position(np.asarray(iy)[:, None], np.asarray(ix)[None, :])
+        return self._corrections(xyz, air_mu_per_mm)
+
+    def corrections_at(self, iy, ix, air_mu_per_mm: float) -> dict[str, np.ndarray]:
+        """The same factors at points (iy, ix) (continuous array indices, broadcast)."""
+        return self._corrections(self.lab_position(iy, ix), air_mu_per_mm)
+
+    def _corrections(self, xyz, air_mu_per_mm: float) -> dict[str, np.ndarray]:
+        p = self.panel
         d = np.linalg.norm(xyz, axis=-1)
         cosw = (xyz @ p.normal) / d
         solid_angle = p.pixel_size[0] * p.pixel_size[1] * cosw / d**2
