@@ -16,7 +16,7 @@ import math
 import jsonschema
 import yaml
 
-SWEEP_SECTIONS = ("datasets", "backgrounds", "simulations")
+SWEEP_SECTIONS = ("datasets", "backgrounds", "simulations", "maps")
 
 
 def _key_path(path) -> str:

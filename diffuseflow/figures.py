@@ -249,3 +249,68 @@ def radial_profile(s, profile, phi, path):
     sec.set_xticks([d for d in (50, 20, 10, 5, 4, 3, 2.5, 2, 1.5, 1.2, 1) if lo < 1 / d < hi])
     sec.set_xlabel("d (Angstrom)")
     _save(fig, path)
+
+
+# -- diffuse maps ---------------------------------------------------------------------------------
+
+
+def map_sections(values: np.ndarray, axes, path, title: str = ""):
+    """The three central sections (hk0, h0l, 0kl) of a map (nh, nk, nl), NaN = no data."""
+    names = ("h", "k", "l")
+    centre = [int(np.argmin(np.abs(a))) for a in axes]
+    sections = [
+        ("hk0", values[:, :, centre[2]], (0, 1)),
+        ("h0l", values[:, centre[1], :], (0, 2)),
+        ("0kl", values[centre[0], :, :], (1, 2)),
+    ]
+    finite = values[np.isfinite(values)]
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0, 1)
+    fig, axs = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#dddddd")
+    for ax, (label, sec, (i, j)) in zip(axs, sections, strict=True):
+        ext = [axes[i][0], axes[i][-1], axes[j][0], axes[j][-1]]
+        im = ax.imshow(sec.T, origin="lower", extent=ext, cmap=cmap, vmin=lo, vmax=hi,
+                       aspect="equal", interpolation="nearest")  # fmt: skip
+        ax.set_xlabel(names[i])
+        ax.set_ylabel(names[j])
+        ax.set_title(f"{label} section")
+    fig.colorbar(im, ax=axs, shrink=0.8, label="intensity (grey: no data)")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def isotropic_average(s_mid, mean_intensity, path):
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.plot(s_mid, mean_intensity, "o-")
+    ax.set_xlabel("s = 1/d (1/Å)")
+    ax.set_ylabel("mean merged intensity")
+    ax.set_title("isotropic average")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def cc_half(s_mid, cc, path):
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.plot(s_mid, cc, "o-")
+    ax.set_xlabel("s = 1/d (1/Å)")
+    ax.set_ylabel("CC1/2")
+    ax.set_ylim(min(0.0, np.nanmin(cc) if np.isfinite(cc).any() else 0.0), 1.02)
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set_title("random-half correlation against resolution")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def multiplicity_histogram(count, path):
+    count = np.asarray(count)
+    count = count[count > 0]
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    top = int(count.max()) if count.size else 1
+    ax.hist(count, bins=np.arange(0.5, top + 1.5), color="#4477aa")
+    ax.set_xlabel("observations per voxel (multiplicity)")
+    ax.set_ylabel("voxels")
+    ax.set_yscale("log")
+    ax.set_title("multiplicity")
+    _save(fig, path)

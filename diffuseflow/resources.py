@@ -21,13 +21,14 @@ BASE_MB = 600
 CHUNK_CAP_MB = 256
 SLABS_IN_FLIGHT = 3
 #: bytes per detector pixel held for a whole job: mask_peaks' scattering vectors and lookups
-PER_PIXEL_BYTES = {"mask_peaks": 64, "find_peaks": 8}
+PER_PIXEL_BYTES = {"mask_peaks": 64, "find_peaks": 8, "integrate": 80}
 #: pixels per second per thread, well below the bench/ numbers (bz2 SMV is the slow import)
 PX_PER_S = {
     "import": 2e6,
     "find_peaks": 10e6,
     "mask_peaks": 20e6,
     "bin": 10e6,
+    "integrate": 10e6,
 }
 SAFETY = 3
 MIN_RUNTIME = 10  # minutes: scheduling and start-up dominate small jobs

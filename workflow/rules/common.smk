@@ -51,12 +51,29 @@ for _name, _ds in DATASETS.items():
 for _name in set(DATASETS) & set(BACKGROUNDS):
     refuse(f"config: {_name!r} is both a dataset and a background; rename one")
 
+# every dataset gets its own map; maps.<name>.datasets merges several into one
+MAPS = {name: {"datasets": [name]} for name in DATASETS}
+for _name, _m in config.get("maps", {}).items():
+    if _name in DATASETS:
+        refuse(
+            f"config: maps.{_name} has a dataset's name (each dataset already has its own "
+            "map of that name); rename the map"
+        )
+    for _ds in _m["datasets"]:
+        if _ds not in DATASETS:
+            refuse(
+                f"config: maps.{_name}.datasets names {_ds!r}, which is not under datasets "
+                f"(known: {sorted(DATASETS)})"
+            )
+    MAPS[_name] = _m
+
 
 wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)) if DATASETS else "(?!)",
     background="|".join(map(re.escape, BACKGROUNDS)) if BACKGROUNDS else "(?!)",
     sim="[A-Za-z0-9][A-Za-z0-9_.-]*",
     sweep="|".join(map(re.escape, [*DATASETS, *BACKGROUNDS])) or "(?!)",
+    map="|".join(map(re.escape, MAPS)) or "(?!)",
     slab=r"\d+",
 
 
@@ -71,6 +88,16 @@ def written_sweep(name):
 def setting(name, section, key):
     """A parameter for one sweep: its own override if given, else the global value."""
     return written_sweep(name).get(section, {}).get(key, config[section][key])
+
+
+def map_setting(name, section, key):
+    """A merge/map parameter of one map: its own override, else the global value."""
+    own = WRITTEN.get("maps", {}).get(name, {}).get(section, {})
+    return own.get(key, config[section][key])
+
+
+def map_datasets(name):
+    return MAPS[name]["datasets"]
 
 
 def n_slabs(name):
@@ -167,6 +194,10 @@ def all_targets():
             targets.append(f"{RESULTS}/{ds['background']}/bkg_data_binned.nxs")
         if config["qc"]:
             targets.append(f"{RESULTS}/{name}/qc/summary.tsv")
+    for name in MAPS:
+        targets.append(f"{RESULTS}/maps/{name}/map.nxs")
+        if config["qc"]:
+            targets.append(f"{RESULTS}/maps/{name}/qc/summary.tsv")
     if config["qc"]:
         used = {ds["background"] for ds in DATASETS.values() if ds.get("background")}
         targets += [f"{RESULTS}/{b}/qc/summary.tsv" for b in sorted(used)]
@@ -197,14 +228,16 @@ def simulation_args(sim):
 
 QC_CRYSTAL_FIGURES = ("offsets", "mahalanobis", "counts", "frames", "masked_fraction")
 QC_BACKGROUND_FIGURES = ("background", "radial")
+QC_MAP_FIGURES = ("sections", "isotropic", "cc_half", "multiplicity")
 
 
-def qc_outputs(kind, figures):
-    """Figures and summary of one sweep, each tagged for `snakemake --report`."""
+def qc_outputs(kind, figures, folder=None):
+    """Figures and summary of one sweep or map, each tagged for `snakemake --report`."""
     name = f"{{{kind}}}"
+    folder = folder or f"{RESULTS}/{name}"
     out = {
         fig: report(
-            f"{RESULTS}/{name}/qc/{fig}.png",
+            f"{folder}/qc/{fig}.png",
             caption=f"../report/{fig}.rst",
             category=name,
             subcategory="figures",
@@ -212,10 +245,10 @@ def qc_outputs(kind, figures):
         for fig in figures
     }
     out["summary"] = report(
-        f"{RESULTS}/{name}/qc/summary.html",
+        f"{folder}/qc/summary.html",
         caption="../report/summary.rst",
         category=name,
         subcategory="summary",
     )
-    out["table"] = f"{RESULTS}/{name}/qc/summary.tsv"
+    out["table"] = f"{folder}/qc/summary.tsv"
     return out

@@ -52,3 +52,26 @@ rule qc_background:
     shell:
         "python {input.script:q} {params.sweep:q} -o {params.outdir:q} "
         "--benchmarks benchmarks > {log:q} 2>&1"
+
+
+rule qc_map:
+    """QC figures and summary of a diffuse map (sections, isotropic average, CC1/2,
+    multiplicity)."""
+    input:
+        script=script("plot_map_qc"),
+        merged=rules.merge.output[0],
+        map=rules.map.output[0],
+    output:
+        **qc_outputs("map", QC_MAP_FIGURES, folder=f"{RESULTS}/maps/{{map}}"),
+    log:
+        "logs/qc_map/{map}.log",
+    conda:
+        "../../envs/diffuseflow.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        outdir=lambda wc: f"{RESULTS}/maps/{wc.map}/qc",
+    shell:
+        "python {input.script:q} {input.merged:q} {input.map:q} -o {params.outdir:q} "
+        "> {log:q} 2>&1"
