@@ -175,26 +175,117 @@ def test_binned_matches_mdx2(both):
             np.testing.assert_allclose(ga[ax][()], gb[ax][()], rtol=1e-12)
 
 
-def test_mdx2_integrate_runs_on_our_files(insulin_run, both, mdx2_python):
-    mdx2(
-        mdx2_python,
-        "integrate",
-        both / "geometry.nxs",
-        insulin_run / "data.nxs",
-        "--mask",
-        both / "mask.nxs",
-        "--subdivide",
-        2,
-        2,
-        2,
-        "--outfile",
-        "integrated.nxs",
-        "--logfile",
-        "m.log",
-        cwd=both,
-    )
-    out = mdx2(mdx2_python, "loadall", "integrated.nxs:hkl_table", cwd=both).stdout
-    assert "HKLTable" in out
+def _columns(path):
+    with h5py.File(path) as f:
+        g = f["entry/hkl_table"]
+        return {k: g[k][()] for k in g}
+
+
+def _assert_tables_equal(ours, theirs, rtol=1e-6, exact=("counts", "pixels", "n", "op", "count")):
+    a, b = _columns(ours), _columns(theirs)
+    missing = set(b) - set(a)
+    assert not missing, f"{ours} lacks mdx2's columns {missing}"
+    for k, y in b.items():
+        x = a[k]
+        assert x.shape == y.shape, (k, x.shape, y.shape)
+        if k in exact or y.dtype.kind in "iu":
+            np.testing.assert_array_equal(x.astype(y.dtype), y, err_msg=k)
+        else:
+            np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=f"{k}: NaN places")
+            ok = ~np.isnan(y)
+            np.testing.assert_allclose(x[ok], y[ok], rtol=rtol, atol=0, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def chain(insulin_run, both, mdx2_python):
+    """integrate -> correct -> merge -> map through diffuseflow (compat) and through mdx2 on the
+    same geometry, data, mask and binned background; a second import with 5-frame chunks and
+    max_spread 0.25 deg gives voxels split into several rotation passes (n > 0)."""
+    d = both
+    g, data, mask = d / "geometry.nxs", insulin_run / "data.nxs", d / "mask.nxs"
+    run_script(
+        "import_data", insulin_run / "crystal/sweep.expt", "--chunks", 5, 0, 0,
+        "--outfile", d / "data5.nxs",
+    )  # fmt: skip
+    runs = {"default": (data, 1.0), "passes": (d / "data5.nxs", 0.25)}
+    for name, (stack, spread) in runs.items():
+        common = ["--mask", mask, "--subdivide", 3, 3, 3, "--max_spread", spread]
+        run_script(
+            "integrate", g, stack, *common, "--mdx2_compat", "--nproc", 2,
+            "--outfile", d / f"int_{name}.nxs",
+        )  # fmt: skip
+        mdx2(mdx2_python, "integrate", g, stack, *common, "--outfile", f"m_int_{name}.nxs",
+             "--logfile", "m.log", cwd=d)  # fmt: skip
+    bkg = ["--background", d / "binned.nxs"]
+    run_script("correct", g, d / "int_default.nxs", *bkg, "--mdx2_compat",
+               "--outfile", d / "corr.nxs")  # fmt: skip
+    mdx2(mdx2_python, "correct", g, "m_int_default.nxs", *bkg, "--outfile", "m_corr.nxs",
+         "--logfile", "m.log", cwd=d)  # fmt: skip
+    # mdx2's merge insists on scale files: one with no models applies none
+    with h5py.File(d / "noscale.nxs", "w") as f:
+        f.attrs["mdx2_version"] = "1.0.5"
+        f.create_group("entry").attrs["NX_class"] = "NXentry"
+    run_script("merge", d / "corr.nxs", "--outlier", 3, "--mdx2_compat",
+               "--outfile", d / "merged.nxs")  # fmt: skip
+    for src, out in (("m_corr.nxs", "m_merged.nxs"), ("corr.nxs", "m_merged_ours.nxs")):
+        mdx2(mdx2_python, "merge", src, "--scale", "noscale.nxs", "--outlier", 3,
+             "--outfile", out, "--logfile", "m.log", cwd=d)  # fmt: skip
+    lim = ["--limits", -8, 8, -8, 8, -8, 8]
+    run_script("map", g, d / "merged.nxs", *lim, "--outfile", d / "map.nxs")
+    mdx2(mdx2_python, "map", g, "m_merged.nxs", *lim, "--outfile", "m_map.nxs",
+         "--logfile", "m.log", cwd=d)  # fmt: skip
+    mdx2(mdx2_python, "map", g, "merged.nxs", *lim, "--outfile", "m_map_ours.nxs",
+         "--logfile", "m.log", cwd=d)  # fmt: skip
+    return d
+
+
+@pytest.mark.parametrize("run", ["default", "passes"])
+def test_integrate_equals_mdx2(chain, run):
+    """Voxel for voxel: counts and pixels identical, means equal (here bit for bit)."""
+    _assert_tables_equal(chain / f"int_{run}.nxs", chain / f"m_int_{run}.nxs")
+    n = _columns(chain / f"m_int_{run}.nxs")["n"]
+    if run == "passes":
+        assert n.max() >= 1 and np.count_nonzero(n) > 100  # the pass split is exercised
+    else:
+        assert len(n) > 30000
+
+
+def test_correct_merge_map_equal_mdx2(chain):
+    _assert_tables_equal(chain / "corr.nxs", chain / "m_corr.nxs")
+    corr = _columns(chain / "m_corr.nxs")
+    # mdx2 lets an empty background bin's NaN spread; compat mode does the same
+    assert 0 < np.isnan(corr["intensity"]).sum() < 0.01 * len(corr["intensity"])
+    _assert_tables_equal(chain / "merged.nxs", chain / "m_merged.nxs")
+    with h5py.File(chain / "map.nxs") as a, h5py.File(chain / "m_map.nxs") as b:
+        x, y = a["entry/intensity/signal"][()], b["entry/intensity/signal"][()]
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+        np.testing.assert_allclose(x[~np.isnan(y)], y[~np.isnan(y)], rtol=1e-6)
+        assert 0.3 < np.isfinite(y).mean() < 1
+
+
+def test_mdx2_reads_our_tables_and_we_read_theirs(chain, mdx2_python):
+    d = chain
+    # mdx2's merge of our corrected table = our compat merge; mdx2's map of our merged table
+    _assert_tables_equal(d / "merged.nxs", d / "m_merged_ours.nxs")
+    with h5py.File(d / "m_map_ours.nxs") as a, h5py.File(d / "map.nxs") as b:
+        np.testing.assert_array_equal(
+            a["entry/intensity/signal"][()], b["entry/intensity/signal"][()]
+        )
+    # and ours on theirs: merge of mdx2's corrected table, map of mdx2's merged table
+    run_script("merge", d / "m_corr.nxs", "--outlier", 3, "--mdx2_compat",
+               "--outfile", d / "merged_of_theirs.nxs")  # fmt: skip
+    _assert_tables_equal(d / "merged_of_theirs.nxs", d / "m_merged.nxs")
+    proc = run_script("merge", d / "m_corr.nxs", "--outfile", d / "phys_of_theirs.nxs")
+    assert "merging with each observation's own errors, as mdx2" in proc.stderr + proc.stdout
+    run_script("map", d / "geometry.nxs", d / "m_merged.nxs", "--limits", -8, 8, -8, 8, -8, 8,
+               "--outfile", d / "map_of_theirs.nxs")  # fmt: skip
+    with h5py.File(d / "map_of_theirs.nxs") as a, h5py.File(d / "m_map.nxs") as b:
+        np.testing.assert_array_equal(
+            a["entry/intensity/signal"][()], b["entry/intensity/signal"][()]
+        )
+    out = mdx2(mdx2_python, "loadall", f"{d}/corr.nxs:hkl_table", f"{d}/map.nxs:intensity",
+               cwd=d).stdout  # fmt: skip
+    assert "HKLTable" in out and "GridData" in out
 
 
 def test_outputs_are_plottable_nxdata(insulin_run, both):
