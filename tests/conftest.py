@@ -132,6 +132,12 @@ WORKFLOW_ARRAYS = [
     ("tiny/mask.nxs", "entry/mask/signal"),
     ("tiny/mask.nxs", "entry/diffuseflow_mask/masked_pixels"),
     ("tiny_bkg/bkg_data_binned.nxs", "entry/binned_image_series/signal"),
+    ("tiny/integrated.nxs", "entry/hkl_table/counts"),
+    ("tiny/integrated.nxs", "entry/hkl_table/phi"),
+    ("tiny/corrected.nxs", "entry/hkl_table/intensity"),
+    ("maps/tiny/merged.nxs", "entry/hkl_table/intensity"),
+    ("maps/tiny/merged.nxs", "entry/hkl_table/group_0_intensity"),
+    ("maps/tiny/map.nxs", "entry/intensity/signal"),
 ]
 
 

@@ -4,6 +4,7 @@ affected rules rerun after a config edit, and bad configs refused before any job
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import pytest
@@ -64,12 +65,31 @@ def test_end_to_end_outputs(workflow_run):
         assert f.attrs["diffuseflow_version"]
 
 
+#: what reruns after the corrected table changes, and after the merged one does
+MERGE = ("merge", "map", "qc_map")
+CORRECT = ("correct", *MERGE)
+
+
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [
-        ("mask_peaks", "sigma_cutoff", 2.5, {"mask_peaks", "qc_dataset"}),
-        ("find_peaks", "count_threshold", 25, {"find_peaks", "mask_peaks", "qc_dataset"}),
-        ("bin_background", "bins", [4, 20, 20], {"bin_background", "qc_background", "qc_dataset"}),
+        ("mask_peaks", "sigma_cutoff", 2.5, {"mask_peaks", "qc_dataset", "integrate", *CORRECT}),
+        (
+            "find_peaks",
+            "count_threshold",
+            25,
+            {"find_peaks", "mask_peaks", "qc_dataset", "integrate", *CORRECT},
+        ),
+        (
+            "bin_background",
+            "bins",
+            [4, 20, 20],
+            {"bin_background", "qc_background", "qc_dataset", *CORRECT},
+        ),
+        ("integrate", "subdivide", [2, 2, 2], {"integrate", *CORRECT}),
+        ("correct", "p1", True, set(CORRECT)),
+        ("merge", "seed", 1, set(MERGE)),
+        ("map", "limits", [-4, 4, -4, 4, -4, 4], {"map", "qc_map"}),
     ],
 )
 def test_editing_a_parameter_reruns_only_what_it_affects(
@@ -79,7 +99,7 @@ def test_editing_a_parameter_reruns_only_what_it_affects(
     nothing = planned_jobs(snakemake(wd, "--dry-run", config=SMALL_CONFIG))
     assert set(nothing) <= {"all"} or not nothing
     cfg = yaml.safe_load(yaml.safe_dump(SMALL_CONFIG))
-    cfg[section][key] = value
+    cfg.setdefault(section, {})[key] = value
     jobs = planned_jobs(snakemake(wd, "--dry-run", config=cfg))
     assert set(jobs) - {"all"} == expected, jobs
     snakemake(wd, "--dry-run", config=SMALL_CONFIG)  # leave the config as it was
@@ -137,6 +157,7 @@ def test_editing_frames_reruns_that_dataset_only(workflow_run):
     cfg["datasets"]["tiny"]["frames"] = [2, 9]
     jobs = planned_jobs(snakemake(wd, "--dry-run", config=cfg))
     expected = {"import_geometry", "import_data", "find_peaks", "mask_peaks", "qc_dataset"}
+    expected |= {"integrate", *CORRECT}
     assert set(jobs) - {"all"} == expected, jobs
     snakemake(wd, "--dry-run", config=SMALL_CONFIG)  # leave the config as it was
 
@@ -194,6 +215,18 @@ def test_multi_sweep_config_end_to_end(tmp_path):
     for name in ("bkg_1", "bkg_2"):
         assert (res / name / "bkg_data_binned.nxs").exists()
     assert not (res / "sweep_b" / "bkg_data.nxs").exists()  # shared, imported once
+    # a map per dataset, and the two insulin sweeps merged into one
+    for name in ("sweep_a", "sweep_b", "sweep_c", "insulin_ab"):
+        assert (res / "maps" / name / "map.nxs").exists()
+        assert (res / "maps" / name / "qc" / "cc_half.png").exists()
+    from diffuseflow.io.tables import read_table
+
+    counts = {n: read_table(res / "maps" / n / "merged.nxs")["count"].sum() for n in
+              ("sweep_a", "sweep_b", "insulin_ab")}  # fmt: skip
+    assert counts["insulin_ab"] == counts["sweep_a"] + counts["sweep_b"]
+    with h5py.File(res / "maps/insulin_ab/merged.nxs") as f:
+        inputs = [i["path"] for i in json.loads(f.attrs["diffuseflow_inputs"])]
+        assert [Path(p).parent.name for p in inputs] == ["sweep_a", "sweep_b"]
 
     def params(path):
         with h5py.File(path) as f:
@@ -230,11 +263,13 @@ def test_slab_jobs_in_the_workflow_equal_one_job(workflow_run, tmp_path):
     cfg["slabs"] = 3
     plan = planned_jobs(snakemake(tmp_path, "--dry-run", config=cfg))
     assert plan["import_slab"] == 6 and plan["find_peaks_slab"] == 3 and plan["mask_slab"] == 3
+    assert plan["integrate_slab"] == 3
     proc = snakemake(tmp_path, config=cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_workflow_outputs(tmp_path / "results", workflow_run / "results")
     assert not list((tmp_path / "results").glob("*/slabs/*.nxs"))
-    for rule, n in (("import_slab", 6), ("find_peaks_slab", 3), ("mask_slab", 3)):
+    for rule, n in (("import_slab", 6), ("find_peaks_slab", 3), ("mask_slab", 3),
+                    ("integrate_slab", 3)):  # fmt: skip
         assert len(list((tmp_path / "benchmarks" / rule).glob("*.tsv"))) == n, rule
 
 
