@@ -22,6 +22,9 @@ CHUNK_CAP_MB = 256
 SLABS_IN_FLIGHT = 3
 #: bytes per detector pixel held for a whole job: mask_peaks' scattering vectors and lookups
 PER_PIXEL_BYTES = {"mask_peaks": 64, "find_peaks": 8, "integrate": 80}
+#: bytes per pixel-frame of a table the step keeps (integrate: a (voxel, pass) row, ~150 bytes
+#: with its hash slots, per ~300 pixel-frames at subdivide 3; generous by 2x)
+TABLE_BYTES_PER_PIXEL_FRAME = {"integrate": 1.0}
 #: pixels per second per thread, well below the bench/ numbers (bz2 SMV is the slow import)
 PX_PER_S = {
     "import": 2e6,
@@ -61,6 +64,7 @@ def estimate(step: str, shape, threads: int = 1, slabs: int = 1) -> dict[str, in
     pixels = ny * nx
     slab_mb = min(CHUNK_CAP_MB, frames * pixels * 4 / 1e6)
     mem = BASE_MB + SLABS_IN_FLIGHT * slab_mb + PER_PIXEL_BYTES.get(step, 0) * pixels / 1e6
+    mem += TABLE_BYTES_PER_PIXEL_FRAME.get(step, 0) * frames * pixels / slabs / 1e6
     seconds = frames * pixels / slabs / (PX_PER_S[step] * max(1, threads))
     return {
         "mem_mb": int(100 * math.ceil(mem / 100)),

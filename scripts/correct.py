@@ -42,7 +42,6 @@ def main(argv):
     )
     p.add_argument("--p1", action="store_true", help="Friedel symmetry only (ignore the group)")
     p.add_argument("--outfile", default="corrected.nxs", help="output file")
-    cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.check_output(a.outfile)
     settings = correct.Settings(

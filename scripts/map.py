@@ -36,7 +36,6 @@ def main(argv):
     p.add_argument("--p1", action="store_true", help="expand by Friedel's law only")
     p.add_argument("--signal", default="intensity", help="column of the merged table to map")
     p.add_argument("--outfile", default="map.nxs", help="output file")
-    cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.check_output(a.outfile)
     table = tables.read_table(a.hkl, "merged.nxs", need=(a.signal,))
@@ -65,7 +64,7 @@ def main(argv):
         "signal": a.signal,
     }
     with nexus.atomic_output(a.outfile) as tmp:
-        with nexus.new_file(tmp, "map", params, [a.geom, a.hkl], nexus.sweep_of(a.geom)) as f:
+        with nexus.new_file(tmp, "map", params, [a.geom, a.hkl], nexus.sweep_of(a.hkl)) as f:
             nexus.nxdata(
                 f["entry"],
                 a.signal,

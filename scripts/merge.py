@@ -29,7 +29,6 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the random half split")
     p.add_argument("--geometry", help="geometry.nxs (Laue operators) for --split Friedel")
     p.add_argument("--outfile", default="merged.nxs", help="output file")
-    cli.add_nproc(p)
     a = p.parse_args(argv)
     cli.check_output(a.outfile)
     if a.split == "Friedel" and not a.geometry:
