@@ -85,32 +85,26 @@ def _grow(keys, pix, cnt, sec, sphi, siy, six, bits):
 
 
 @njit(cache=True, nogil=True)
-def _tile_partials(
+def _fill(
     data, mask, use_mask, y_lo, y_hi, x_lo, x_hi, phi, expo, nd0, nd1, nd2, exact,
-    q, M, gh, gk, gl, p0, wp, gy0, gwy, gx0, gwx, iy_axis, ix_axis, key_order,
+    q, M, gh, gk, gl, p0, wp, gy0, gwy, gx0, gwx, iy_axis, ix_axis,
+    keys, pix, cnt, sec, sphi, siy, six, bits, used, key_order, f0, y0, x0,
 ):  # fmt: skip
-    """Partials of one chunk (all frames of the slab, rows y_lo:y_hi, columns x_lo:x_hi).
+    """Accumulate pixels from (f0, y0, x0) on, in C order, until the table is half full.
 
-    Pixels are visited frame by frame in C order, the order of mdx2's bincount, so each
-    partial's sums are the same floating-point sums. Returns the partials in first-seen order
-    (``key_order`` is a scratch buffer of at least the tile's pixel count).
+    Returns (f, y, x, used, done): where to resume after growing the table. The table arrays
+    are never reassigned here, so the pixel loop carries no reference counting.
     """
-    bits = 12
-    cap = 1 << bits
-    keys = np.full(cap, _EMPTY, np.int64)
-    pix = np.zeros(cap, np.int64)
-    cnt = np.zeros(cap, np.int64)
-    sec = np.zeros(cap)
-    sphi = np.zeros(cap)
-    siy = np.zeros(cap)
-    six = np.zeros(cap)
-    used = 0
+    cap = keys.size
+    msk = cap - 1
     nf = data.shape[0]
     nxg = gh.shape[2] if not exact else 1
     rh = np.empty(nxg)
     rk = np.empty(nxg)
     rl = np.empty(nxg)
-    for f in range(nf):
+    last_key = _EMPTY
+    last_j = 0
+    for f in range(f0, nf):
         ph = phi[f]
         ex = expo[f]
         m00, m01, m02 = M[f, 0, 0], M[f, 0, 1], M[f, 0, 2]
@@ -118,7 +112,7 @@ def _tile_partials(
         m20, m21, m22 = M[f, 2, 0], M[f, 2, 1], M[f, 2, 2]
         pa = p0[f]
         fp = wp[f]
-        for y in range(y_lo, y_hi):
+        for y in range(y0 if f == f0 else y_lo, y_hi):
             yv = iy_axis[y]
             if not exact:  # mdx2's grid: interpolate phi and y once per row, then x per pixel
                 fy = gwy[y]
@@ -135,7 +129,7 @@ def _tile_partials(
                     rl[c] = (1.0 - fp) * ((1.0 - fy) * gl[pa, ya, c] + fy * gl[pa, ya + 1, c]) + (
                         fp * ((1.0 - fy) * gl[pa + 1, ya, c] + fy * gl[pa + 1, ya + 1, c])
                     )
-            for x in range(x_lo, x_hi):
+            for x in range(x0 if (f == f0 and y == y0) else x_lo, x_hi):
                 v = data[f, y, x]
                 if v == -1:
                     continue
@@ -159,29 +153,63 @@ def _tile_partials(
                     np.int64(np.rint(k * nd1)),
                     np.int64(np.rint(l * nd2)),
                 )
-                j = _slot(key, bits)
-                msk = cap - 1
-                while keys[j] != _EMPTY and keys[j] != key:
-                    j = (j + 1) & msk
-                if keys[j] == _EMPTY:
+                new = False
+                if key == last_key:  # neighbouring pixels mostly share a voxel: no probe
+                    j = last_j
+                else:
+                    j = _slot(key, bits)
+                    while keys[j] != _EMPTY and keys[j] != key:
+                        j = (j + 1) & msk
+                    new = keys[j] == _EMPTY
+                    last_key = key
+                    last_j = j
+                if new:
                     keys[j] = key
                     key_order[used] = key
                     used += 1
-                    if 2 * used > cap:
-                        keys, pix, cnt, sec, sphi, siy, six, bits = _grow(
-                            keys, pix, cnt, sec, sphi, siy, six, bits
-                        )
-                        cap = 1 << bits
-                        msk = cap - 1
-                        j = _slot(key, bits)
-                        while keys[j] != key:
-                            j = (j + 1) & msk
                 pix[j] += 1
                 cnt[j] += v
                 sec[j] += ex
                 sphi[j] += ph
                 siy[j] += yv
                 six[j] += ix_axis[x]
+                if new and 2 * used > cap:
+                    return f, y, x + 1, used, False
+    return nf, y_lo, x_lo, used, True
+
+
+@njit(cache=True, nogil=True)
+def _tile_partials(
+    data, mask, use_mask, y_lo, y_hi, x_lo, x_hi, phi, expo, nd0, nd1, nd2, exact,
+    q, M, gh, gk, gl, p0, wp, gy0, gwy, gx0, gwx, iy_axis, ix_axis, key_order,
+):  # fmt: skip
+    """Partials of one chunk (all frames of the slab, rows y_lo:y_hi, columns x_lo:x_hi).
+
+    Pixels are visited frame by frame in C order, the order of mdx2's bincount, so each
+    partial's sums are the same floating-point sums. Returns the partials in first-seen order
+    (``key_order`` is a scratch buffer of at least the tile's pixel count).
+    """
+    bits = 12
+    cap = 1 << bits
+    keys = np.full(cap, _EMPTY, np.int64)
+    pix = np.zeros(cap, np.int64)
+    cnt = np.zeros(cap, np.int64)
+    sec = np.zeros(cap)
+    sphi = np.zeros(cap)
+    siy = np.zeros(cap)
+    six = np.zeros(cap)
+    used = 0
+    f, y, x = 0, y_lo, x_lo
+    while True:
+        f, y, x, used, done = _fill(
+            data, mask, use_mask, y_lo, y_hi, x_lo, x_hi, phi, expo, nd0, nd1, nd2, exact,
+            q, M, gh, gk, gl, p0, wp, gy0, gwy, gx0, gwx, iy_axis, ix_axis,
+            keys, pix, cnt, sec, sphi, siy, six, bits, used, key_order, f, y, x,
+        )  # fmt: skip
+        if done:
+            break
+        keys, pix, cnt, sec, sphi, siy, six, bits = _grow(keys, pix, cnt, sec, sphi, siy, six, bits)
+    cap = 1 << bits
     # compact in first-seen order
     out_k = np.empty(used, np.int64)
     out_p = np.empty(used, np.int64)
@@ -490,10 +518,13 @@ def integrate_series(
     total = 0
     with ThreadPoolExecutor(max(1, threads)) as pool:
         use_pool = pool if threads > 1 else None
-        for (start, stop), data in series.iter_slabs(use_pool, frame_range=frame_range):
+        mask_buf = None
+        for (start, stop), data in series.iter_slabs(use_pool, frame_range=frame_range, reuse=True):
             mask = None
             if mask_dset is not None:
-                mask = read_slab(mask_dset, start, stop, use_pool)
+                if mask_buf is None or mask_buf.shape[0] != stop - start:
+                    mask_buf = np.empty((stop - start, *series.shape[1:]), np.bool_)
+                mask = read_slab(mask_dset, start, stop, use_pool, out=mask_buf)
             p = slab_partials(
                 indexer, data, mask, start, ndiv, expo, (series.iy, series.ix), tile_list, use_pool
             )

@@ -338,8 +338,12 @@ def create_stack(group, name, shape, dtype, chunks, level=GZIP_LEVEL, shuffle=Tr
     )
 
 
-def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecutor | None = None):
-    """Frames [start, stop) of a stack. gzip(+shuffle) chunks are decoded in parallel threads."""
+def read_slab(
+    dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecutor | None = None, out=None
+):
+    """Frames [start, stop) of a stack. gzip(+shuffle) chunks are decoded in parallel threads.
+    ``out``: an array of the slab's shape and dtype to fill (a reused buffer: a fresh one costs
+    page faults on first touch, ~40 % of a frame's decode)."""
     direct = (
         dset.chunks is not None
         and not dset.is_virtual
@@ -351,6 +355,9 @@ def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecuto
     )
     if not direct:
         try:
+            if out is not None:
+                dset.read_direct(out, np.s_[start:stop])
+                return out
             return dset[start:stop]
         except OSError as e:
             raise InputError(
@@ -359,7 +366,8 @@ def read_slab(dset: h5py.Dataset, start: int, stop: int, pool: ThreadPoolExecuto
             ) from None
     cf, cy, cx = dset.chunks
     _, ny, nx = dset.shape
-    out = np.empty((stop - start, ny, nx), dset.dtype)
+    if out is None or out.shape != (stop - start, ny, nx) or out.dtype != dset.dtype:
+        out = np.empty((stop - start, ny, nx), dset.dtype)
     gzip_on = dset.compression == "gzip"
     shuffle = bool(dset.shuffle)
     fill = dset.fillvalue
@@ -558,24 +566,36 @@ class ImageSeries:
             raise InputError(f"{self.path}: frame range [{a}, {b}) outside 0-{self.shape[0]}")
         return [(max(s, a), min(e, b)) for s, e in bounds if s < b and e > a]
 
-    def read(self, start: int, stop: int, pool=None) -> np.ndarray:
-        return read_slab(self.data, start, stop, pool)
+    def read(self, start: int, stop: int, pool=None, out=None) -> np.ndarray:
+        return read_slab(self.data, start, stop, pool, out)
 
-    def iter_slabs(self, pool=None, frames_per_slab: int | None = None, frame_range=None):
+    def iter_slabs(
+        self, pool=None, frames_per_slab: int | None = None, frame_range=None, reuse=False
+    ):
         """Yield ((start, stop), slab) in order. With a pool of >= 2 threads, a coordinating
         thread reads the next slab (decoding its chunks on the pool) while the caller works on
-        the current one; at most two slabs are in memory."""
+        the current one; at most two slabs are in memory. ``reuse``: slabs are read into two
+        buffers in turn, so a yielded slab is valid only until the next one is asked for."""
         bounds = self.slabs(frames_per_slab, frame_range)
+        buffers = [None, None]
+
+        def read(k):
+            b = bounds[k]
+            if not reuse:
+                return self.read(*b, pool)
+            buffers[k % 2] = self.read(*b, pool, out=buffers[k % 2])
+            return buffers[k % 2]
+
         if pool is None or getattr(pool, "_max_workers", 1) < 2:
-            for b in bounds:
-                yield b, self.read(*b, pool)
+            for k, b in enumerate(bounds):
+                yield b, read(k)
             return
         with ThreadPoolExecutor(1) as reader:
-            ahead = reader.submit(self.read, *bounds[0], pool) if bounds else None
+            ahead = reader.submit(read, 0) if bounds else None
             for k, b in enumerate(bounds):
                 slab = ahead.result()
                 if k + 1 < len(bounds):
-                    ahead = reader.submit(self.read, *bounds[k + 1], pool)
+                    ahead = reader.submit(read, k + 1)
                 yield b, slab
 
     def close(self):
