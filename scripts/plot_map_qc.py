@@ -53,6 +53,12 @@ def main(argv):
     ]  # fmt: skip
     with h5py.File(a.merged) as f:
         params = f.attrs.get("diffuseflow_parameters", "{}")
+    for key, label in (
+        ("outliers", "outliers rejected"),
+        ("variance_scale", "scatter / counting variance (error scale^2)"),
+    ):
+        if f"diffuseflow_{key}" in table.attrs:
+            rows.append((label, table.attrs[f"diffuseflow_{key}"].item(), ""))
     rows.append(("merge parameters", params, ""))
     with tempfile.TemporaryDirectory(dir=out, prefix=".plot_map_qc.") as tmp:
         tmp = Path(tmp)

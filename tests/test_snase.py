@@ -193,3 +193,26 @@ def test_snase_qc_figures_show_spots_inside_the_mask(snase_run):
     reddish = (rgb[..., 0] > rgb[..., 1] + 0.2) & (rgb[..., 0] > rgb[..., 2] + 0.2)
     assert blue.mean() > 0.02  # beamstop and the 40-984 window frame
     assert reddish.mean() > 0.002  # the mask overlay
+
+
+def test_snase_runs_to_a_map(snase_run):
+    """The real sweep (no background sweep) through integrate, correct, merge and map: a map
+    with signal at low resolution (CC1/2 of the halves), and the CCD's ADU scatter measured
+    and folded into the errors rather than mistaken for outliers."""
+    from diffuseflow.algorithms.maps import shell_stats
+    from diffuseflow.algorithms.qc import read_summary_tsv
+    from diffuseflow.io.tables import read_table
+
+    maps = snase_run.parent / "maps" / "snase"
+    merged = read_table(maps / "merged.nxs")
+    seen = merged["count"] > 0
+    assert seen.sum() > 500_000
+    assert np.all(np.isfinite(merged["intensity"][seen]))
+    stats = shell_stats(merged, 10)
+    assert stats.cc_half[0] > 0.6  # lowest-resolution shell
+    summary = read_summary_tsv(maps / "qc" / "summary.tsv")
+    scale = float(summary["scatter / counting variance (error scale^2)"])
+    assert scale > 10  # ADU of a phosphor CCD, unscaled: far from photon counting
+    assert int(summary["outliers rejected"]) < 0.01 * int(summary["observations"])
+    with h5py.File(maps / "map.nxs") as f:
+        assert np.isfinite(f["entry/intensity/signal"][()]).mean() > 0.5

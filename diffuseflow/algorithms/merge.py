@@ -43,6 +43,9 @@ class Observations:
     batch: np.ndarray
     model: dict | None  #: MODEL_COLUMNS arrays, or None (mdx2's tables)
     ndiv: tuple
+    #: factor on the counting variances: 1 for photon counts; an integrating detector's
+    #: values in ADU (gain != 1) scatter more, as :func:`variance_scale` measures
+    variance_scale: float = 1.0
 
 
 def gather(tables_: list[HKLTable], names: list[str]) -> Observations:
@@ -97,7 +100,8 @@ def observation_variance(obs: Observations, merged_i: np.ndarray):
     md = obs.model
     t, C, B, eB = md["seconds"], md["correction"], md["background"], md["background_error"]
     expected_rate = np.maximum(merged_i[obs.ih] * C + B, 1.0 / t)  # at least 1 count expected
-    return expected_rate / (t * C**2), (eB / C) ** 2
+    k = obs.variance_scale
+    return k * expected_rate / (t * C**2), k * (eB / C) ** 2
 
 
 def merge_expected(obs: Observations, use: np.ndarray, iterations: int = 3):
@@ -139,7 +143,7 @@ def _subset(obs: Observations, use: np.ndarray) -> Observations:
     return Observations(
         obs.voxels, obs.ih[use], obs.intensity[use], obs.error[use], obs.s[use], obs.op[use],
         obs.batch[use], {k: v[use] for k, v in obs.model.items()} if obs.model else None,
-        obs.ndiv,
+        obs.ndiv, obs.variance_scale,
     )  # fmt: skip
 
 
@@ -149,6 +153,25 @@ def residuals(obs: Observations, merged_i, physical: bool):
         return (obs.intensity - merged_i[obs.ih]) / np.sqrt(poisson + bkg)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (merged_i[obs.ih] - obs.intensity) / obs.error
+
+
+#: median of chi-square(1): the median squared normalised residual of honest errors
+_CHI2_1_MEDIAN = 0.454936
+#: counting errors within this factor of the scatter are taken as they are (photon counting)
+VARIANCE_SCALE_TOLERANCE = 1.2
+
+
+def variance_scale(obs: Observations, merged_i, count, use) -> float:
+    """How much more the observations of a voxel scatter than counting statistics say: the
+    median of r^2 n / (n - 1) over voxels seen at least twice, over chi-square(1)'s median
+    (robust to outliers). ~1 for photon-counting detectors; the gain for a CCD read in ADU."""
+    poisson, bkg = observation_variance(obs, np.nan_to_num(merged_i))
+    r2 = (obs.intensity - merged_i[obs.ih]) ** 2 / (poisson + bkg)
+    n = count[obs.ih].astype(float)
+    sel = use & (n >= 2) & np.isfinite(r2)
+    if sel.sum() < 100:
+        return 1.0
+    return float(np.median(r2[sel] * n[sel] / (n[sel] - 1)) / _CHI2_1_MEDIAN) * obs.variance_scale
 
 
 def random_half(ih: np.ndarray, seed: int) -> np.ndarray:
@@ -198,6 +221,17 @@ def merge(obs: Observations, settings: MergeSettings, operators=None, log=print)
     use = np.ones(len(obs.ih), bool)
     intensity, sigma, count, use = merge_fn(obs, use)
     summary = {"observations": int(len(obs.ih)), "used": int(use.sum()), "outliers": 0}
+    if physical:
+        scale = variance_scale(obs, intensity, count, use)
+        summary["variance_scale"] = scale
+        if scale > VARIANCE_SCALE_TOLERANCE:
+            log(
+                f"observations scatter {scale:.3g}x more (in variance) than counting statistics "
+                "(an integrating detector in ADU?): errors scaled by "
+                f"{np.sqrt(scale):.3g}"
+            )
+            obs.variance_scale = scale
+            intensity, sigma, count, use = merge_fn(obs, use)
     if settings.outlier is not None:
         resid = residuals(obs, intensity, physical)
         with np.errstate(invalid="ignore"):
@@ -235,4 +269,6 @@ def merge(obs: Observations, settings: MergeSettings, operators=None, log=print)
             cols[f"group_{j}_count"] = gc.astype(np.int32)
     summary["voxels"] = int(np.count_nonzero(count))
     summary["weights"] = "expected counts" if physical else "observed counts (mdx2)"
-    return HKLTable(cols, obs.ndiv), summary
+    attrs = {f"diffuseflow_{k}": summary[k] for k in ("variance_scale", "outliers", "used")
+             if k in summary}  # fmt: skip
+    return HKLTable(cols, obs.ndiv, attrs), summary
