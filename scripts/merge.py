@@ -27,7 +27,9 @@ def main(argv):
     )
     p.add_argument("--split", choices=merging.SPLITS, help="also merge two halves (default: no)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random half split")
-    p.add_argument("--geometry", help="geometry.nxs (Laue operators) for --split Friedel")
+    p.add_argument(
+        "--geometry", help="geometry.nxs (Laue operators) for --split Friedel (default: none)"
+    )
     p.add_argument("--outfile", default="merged.nxs", help="output file")
     a = p.parse_args(argv)
     cli.check_output(a.outfile)
