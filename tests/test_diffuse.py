@@ -23,9 +23,9 @@ from diffuseflow.simulate import load_simulation, orbit_keys, preset, voxel_trut
 # 12 degrees of rotation: enough voxels seen three times or more to score; exposures long
 # enough that a voxel's noise (~3 %) is well below the structure of D
 SWEEPS = {
-    "insulin": dict(nx=981, ny=619, n_frames=60, osc=0.2, exposure=0.25, bkg_frames=12, seed=3),
+    "insulin": dict(nx=981, ny=460, n_frames=60, osc=0.2, exposure=0.25, bkg_frames=12, seed=3),
     "p212121": dict(
-        nx=1040, ny=700, n_frames=48, osc=0.25, bkg_frames=6, seed=5, phi_start=38.0,
+        nx=1040, ny=520, n_frames=48, osc=0.25, bkg_frames=6, seed=5, phi_start=38.0,
         distance=100.0,
     ),
 }  # fmt: skip

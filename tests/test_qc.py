@@ -22,6 +22,8 @@ from scipy import stats
 from diffuseflow.algorithms import qc
 from diffuseflow.algorithms.peaks import PeakModel
 
+MAP_FIGURES = ("sections", "isotropic", "cc_half", "multiplicity")
+
 # -- numbers --------------------------------------------------------------------------------
 
 
@@ -150,9 +152,11 @@ def test_report_renders_with_every_figure_in_chromium(workflow_run, tmp_path):
     report = tmp_path / "report.html"
     proc = snakemake(workflow_run, "--report", str(report))
     assert proc.returncode == 0 and report.exists(), proc.stderr[-2000:]
+    maps = {f"results/maps/tiny/qc/{fig}.png" for fig in MAP_FIGURES}  # the dataset's own map
     for category, figures in (("tiny", CRYSTAL_FIGURES), ("tiny_bkg", BACKGROUND_FIGURES)):
         shown = shown_figures(report, category, tmp_path, chromium)
         want = {f"results/{category}/qc/{fig}.png" for fig in figures}
+        want |= maps if category == "tiny" else set()
         assert set(shown) == want, shown
         assert all(width >= 500 for width in shown.values()), shown
 

@@ -43,6 +43,11 @@ def expected_requests(results) -> dict:
         "bin_background": sized("bin", background),
         "qc_dataset": (1, 3000, 15),
         "qc_background": (1, 2000, 10),
+        "integrate": sized("integrate", crystal),
+        "correct": (1, 4000, 30),
+        "merge": (1, 4000, 30),
+        "map": (1, 6000, 30),
+        "qc_map": (1, 4000, 15),
     }
 
 
@@ -81,7 +86,7 @@ def minutes(limit: str) -> int:
     return h * 60 + m
 
 
-def test_workflow_through_slurm(cluster, tmp_path):
+def test_workflow_through_slurm(cluster, tmp_path, workflow_run):
     before = max((j[0] for j in slurm_jobs()), default=0)
     run_workflow(tmp_path / "slurm", "--profile", str(ROOT / "profiles" / "slurm"))
     jobs = [j for j in slurm_jobs() if j[0] > before and j[1].startswith("rule_")]
@@ -94,5 +99,5 @@ def test_workflow_through_slurm(cluster, tmp_path):
     # every rule of the workflow ran as a SLURM job, with the resources it requests
     assert seen == expected
 
-    run_workflow(tmp_path / "local", "--cores", "2")
-    assert_same_workflow_outputs(tmp_path / "slurm/results", tmp_path / "local/results")
+    # the same arrays as the local run of the same config
+    assert_same_workflow_outputs(tmp_path / "slurm/results", workflow_run / "results")
