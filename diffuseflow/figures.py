@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from diffuseflow.algorithms import qc  # noqa: E402
+from diffuseflow.algorithms import binning, qc  # noqa: E402
 
 DPI = 110
 #: masked pixels: translucent so the counts underneath stay visible
@@ -201,7 +201,7 @@ def masked_fraction(phi, fraction, path):
     _save(fig, path)
 
 
-def binned_background(binned: qc.BinnedBackground, path):
+def binned_background(binned: binning.BinnedBackground, path):
     """One image per phi bin, on one colour scale (1st-99th percentile)."""
     n = binned.rate.shape[0]
     cols = min(n, 5)

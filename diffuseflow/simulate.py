@@ -38,6 +38,7 @@ from diffuseflow.geometry.kernels import bragg_image
 from diffuseflow.geometry.model import SweepGeometry, air_attenuation_per_mm
 from diffuseflow.geometry.symmetry import allowed_table, index_limit, symmetry_fields
 from diffuseflow.io.expt import read_expt
+from diffuseflow.io.tables import pack_voxels
 from diffuseflow.io.writers import pilatus_header, write_cbf, write_eiger, write_smv
 
 #: insulin tutorial orientation (mdx2-compat.md §8.1), orthonormalised below
@@ -727,11 +728,10 @@ def orbit_keys(space_group: gemmi.SpaceGroup, vox: np.ndarray) -> np.ndarray:
     mats = [np.array(r, np.int64).reshape(3, 3) for r in rots]
     mats += [-m for m in mats]
     vox = np.asarray(vox, np.int64)
-    off = 1 << 20
     best = None
     for m in mats:
         img = vox @ m  # Miller indices transform as row vectors: h' = h R
-        key = ((img[:, 0] + off) << 42) | ((img[:, 1] + off) << 21) | (img[:, 2] + off)
+        key = pack_voxels(img)
         best = key if best is None else np.maximum(best, key)
     return best
 

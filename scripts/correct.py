@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from diffuseflow import cli
-from diffuseflow.algorithms import correct
+from diffuseflow.algorithms import binning, correct
 from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.errors import InputError
 from diffuseflow.geometry.model import air_attenuation_per_mm
@@ -55,20 +55,23 @@ def main(argv):
     )
     if len(table) == 0:
         raise InputError(f"{a.hkl}: the integrated table is empty")
-    ub = correct.read_ub(a.geom)
-    laue = None if a.p1 else correct.read_symmetry(a.geom)
+    geomfile = GeometryFile(a.geom)
+    if geomfile.ub_matrix is None:
+        raise InputError(f"{a.geom}: has no /entry/crystal/ub_matrix; is this geometry.nxs?")
+    laue = None if a.p1 else correct.LaueSymmetry.of(geomfile)
     iy, ix = table["iy"].astype(float), table["ix"].astype(float)
     if a.mdx2_compat:
-        grid = correct.read_corrections(a.geom)
+        grid_iy, grid_ix, grid = geomfile.correction_grid()
         factors = {
-            name: correct.mdx2_interp((grid.iy, grid.ix), v, iy, ix)
-            for name, v in grid.values.items()
+            name: correct.mdx2_interp((grid_iy, grid_ix), v, iy, ix) for name, v in grid.items()
         }
     else:
-        geom = GeometryFile(a.geom).sweep_geometry(False)
+        geom = geomfile.sweep_geometry(False)
         factors = geom.corrections_at(iy, ix, air_attenuation_per_mm(geom.wavelength))
-    background = correct.read_background(a.background) if a.background else None
-    out, summary = correct.correct_table(table, ub, laue, factors, background, settings)
+    background = binning.read_binned(a.background) if a.background else None
+    out, summary = correct.correct_table(
+        table, geomfile.ub_matrix, laue, factors, background, settings
+    )
     if summary.get("outside_background_phi"):
         lo, hi = background.phi_range
         cli.log(

@@ -13,6 +13,7 @@ import numpy as np
 
 from diffuseflow import cli
 from diffuseflow.algorithms import correct, maps
+from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.io import nexus, tables
 
 
@@ -42,7 +43,7 @@ def main(argv):
     if a.p1 or not a.symmetry:
         laue = None
     else:
-        laue = correct.read_symmetry(a.geom)
+        laue = correct.LaueSymmetry.of(GeometryFile(a.geom))
     if not a.symmetry:
 
         def identity(HKL):

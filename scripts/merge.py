@@ -12,6 +12,7 @@ handedness, needs --geometry). Every observation has scale 1.
 from diffuseflow import cli
 from diffuseflow.algorithms import correct
 from diffuseflow.algorithms import merge as merging
+from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.errors import InputError
 from diffuseflow.io import tables
 
@@ -48,7 +49,10 @@ def main(argv):
     operators = None
     if a.split == "Friedel":
         p1 = all(t.attrs.get("diffuseflow_p1") for t in tabs)
-        operators = correct.FRIEDEL_OPERATORS if p1 else correct.read_symmetry(a.geometry).operators
+        if p1:
+            operators = correct.FRIEDEL_OPERATORS
+        else:
+            operators = correct.LaueSymmetry.of(GeometryFile(a.geometry)).operators
     obs = merging.gather(tabs, a.hkl)
     table, summary = merging.merge(obs, settings, operators, log=cli.log)
     if summary["voxels"] == 0:

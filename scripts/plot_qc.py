@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 
 from diffuseflow import cli, figures
-from diffuseflow.algorithms import qc
+from diffuseflow.algorithms import binning, qc
 from diffuseflow.errors import InputError
 from diffuseflow.io import nexus
 
@@ -51,7 +51,7 @@ def crystal_figures(sweep: Path, out: Path, background, benchmarks):
 
 
 def background_figures(sweep: Path, out: Path, benchmarks):
-    binned = qc.read_binned(sweep / "bkg_data_binned.nxs")
+    binned = binning.read_binned(sweep / "bkg_data_binned.nxs")
     figures.binned_background(binned, out / "background.png")
     expt = qc.read_experiment(sweep / "bkg_data.nxs")
     if expt is None:

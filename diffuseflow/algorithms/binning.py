@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from diffuseflow.errors import InputError
-from diffuseflow.io.nexus import open_input, read_slab
+from diffuseflow.io.nexus import open_input, provenance, read_slab, sweep_of
 
 
 def sections(n: int, b: int) -> np.ndarray:
@@ -162,3 +162,40 @@ def bin_series(series, bins, valid_range, mask_path=None, pool=None, log=print) 
         section_means(series.iy, ys),
         section_means(series.ix, xs),
     )
+
+
+@dataclass
+class BinnedBackground:
+    """A binned background file (ours or mdx2's), as correct and the QC page read it."""
+
+    rate: np.ndarray  #: (phi bins, iy bins, ix bins) counts/s per pixel, NaN = no data
+    error: np.ndarray | None  #: standard error of rate (None: mdx2's file, no counts kept)
+    phi: np.ndarray
+    iy: np.ndarray
+    ix: np.ndarray
+    phi_range: tuple[float, float]  #: rotation range the background sweep covers (degrees)
+    bins: list | None  #: the bin sizes it was made with (None: not recorded)
+    path: str
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_binned(path, what: str = "a binned background") -> BinnedBackground:
+    with open_input(path, what, ["binned_image_series"]) as f:
+        g = f["entry/binned_image_series"]
+        signal = _text(g.attrs.get("signal", "signal"))
+        axes = [_text(a) for a in g.attrs.get("axes", ["phi", "iy", "ix"])]
+        rate = g[signal][()].astype(float)
+        phi, iy, ix = (g[a][()].astype(float) for a in axes)
+        error = g["rate_error"][()].astype(float) if "rate_error" in g else None
+    sweep = sweep_of(path)
+    if sweep is not None and "phi" in sweep and "shape" in sweep:
+        start, width = sweep["phi"]
+        phi_range = (float(start), float(start + width * sweep["shape"][0]))
+    else:  # mdx2's file: half a bin beyond the first and last bin centres
+        half = (phi[1] - phi[0]) / 2 if len(phi) > 1 else 0.5
+        phi_range = (float(phi[0] - half), float(phi[-1] + half))
+    bins = provenance(path)["parameters"].get("bins")
+    return BinnedBackground(rate, error, phi, iy, ix, phi_range, bins, str(path))

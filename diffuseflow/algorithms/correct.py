@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 from scipy.ndimage import map_coordinates
 
+from diffuseflow.algorithms.binning import BinnedBackground
 from diffuseflow.errors import InputError
-from diffuseflow.io import nexus
 from diffuseflow.io.tables import HKLTable, hkl_from_voxels
 
 CORRECTIONS = ("attenuation", "efficiency", "polarization")
@@ -42,6 +41,11 @@ class LaueSymmetry:
 
     operators: np.ndarray  #: (m, 3, 3)
     asu: str  #: numexpr/numpy expression in h, k, l
+
+    @classmethod
+    def of(cls, geometry) -> LaueSymmetry:
+        """From an importing.GeometryFile."""
+        return cls(geometry.laue_operators, geometry.reciprocal_space_asu)
 
     def is_asu(self, H, K, L) -> np.ndarray:
         # the expression is numexpr syntax; with numpy integer arrays Python evaluates it alike
@@ -66,14 +70,6 @@ class LaueSymmetry:
                 f"(ASU {self.asu!r}); is the geometry's symmetry group consistent?"
             )
         return out, op
-
-
-def read_symmetry(path) -> LaueSymmetry:
-    with nexus.open_input(path, "geometry.nxs", ["symmetry"]) as f:
-        g = f["entry/symmetry"]
-        asu = g["reciprocal_space_asu"][()]
-        asu = asu.decode() if isinstance(asu, bytes) else str(asu)
-        return LaueSymmetry(np.asarray(g["laue_group_operators"][()], float), asu)
 
 
 def friedel_to_asu(HKL: np.ndarray, mdx2_compat: bool):
@@ -137,59 +133,7 @@ def nan_aware_interp(axes, values, *points):
 # -- background ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Background:
-    rate: np.ndarray
-    error: np.ndarray | None  #: standard error of rate (None: mdx2's file, no counts kept)
-    phi: np.ndarray
-    iy: np.ndarray
-    ix: np.ndarray
-    phi_range: tuple[float, float]  #: rotation range the background sweep covers (degrees)
-    path: str
-
-
-def read_background(path) -> Background:
-    with nexus.open_input(path, "a binned background", ["binned_image_series"]) as f:
-        g = f["entry/binned_image_series"]
-        signal = g.attrs.get("signal", "signal")
-        signal = signal.decode() if isinstance(signal, bytes) else str(signal)
-        axes = g.attrs.get("axes", ["phi", "iy", "ix"])
-        axes = [a.decode() if isinstance(a, bytes) else str(a) for a in axes]
-        rate = g[signal][()].astype(float)
-        phi, iy, ix = (g[a][()].astype(float) for a in axes)
-        error = g["rate_error"][()].astype(float) if "rate_error" in g else None
-    sweep = nexus.sweep_of(path)
-    if sweep is not None and "phi" in sweep and "shape" in sweep:
-        start, width = sweep["phi"]
-        phi_range = (float(start), float(start + width * sweep["shape"][0]))
-    else:  # mdx2's file: half a bin beyond the first and last bin centres
-        half = (phi[1] - phi[0]) / 2 if len(phi) > 1 else 0.5
-        phi_range = (float(phi[0] - half), float(phi[-1] + half))
-    return Background(rate, error, phi, iy, ix, phi_range, str(path))
-
-
 # -- corrections --------------------------------------------------------------------------------
-
-
-@dataclass
-class CorrectionGrid:
-    iy: np.ndarray
-    ix: np.ndarray
-    values: dict  #: name -> (ny_g, nx_g)
-
-
-def read_corrections(path) -> CorrectionGrid:
-    with h5py.File(path, "r") as f:
-        g = f["entry/corrections"]
-        iy = g["solid_angle/iy"][()]
-        ix = g["solid_angle/ix"][()]
-        vals = {name: g[name]["signal"][()] for name in g}
-    return CorrectionGrid(iy, ix, vals)
-
-
-def read_ub(path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return np.asarray(f["entry/crystal/ub_matrix"][()], float)
 
 
 @dataclass
@@ -207,7 +151,7 @@ def correct_table(
     ub: np.ndarray,
     laue: LaueSymmetry | None,
     corrections: dict[str, np.ndarray],
-    background: Background | None,
+    background: BinnedBackground | None,
     settings: Settings,
     log=print,
 ) -> tuple[HKLTable, dict]:

@@ -141,6 +141,10 @@ class GeometryFile:
             sym = f["entry/symmetry"]
             self.space_group_symbol = _as_str(sym["space_group_symbol"][()])
             self.reflection_conditions = _as_str(sym["reflection_conditions"][()])
+            self.laue_operators = np.asarray(sym["laue_group_operators"][()], float)
+            self.reciprocal_space_asu = _as_str(sym["reciprocal_space_asu"][()])
+            ub = f.get("entry/crystal/ub_matrix")
+            self.ub_matrix = None if ub is None else np.asarray(ub[()], float)
             text = f.get("entry/diffuseflow_experiment")
             self.experiment = (
                 experiment_from_text(_as_str(text[()]), self.path) if text is not None else None
@@ -152,6 +156,13 @@ class GeometryFile:
                 mi = f["entry/miller_index"]
                 self._mi = np.stack([mi[c]["signal"][()] for c in "hkl"], axis=-1)
         return self._mi
+
+    def correction_grid(self):
+        """mdx2's correction images: (iy, ix, {name: (ny_g, nx_g) values})."""
+        with h5py.File(self.path, "r") as f:
+            g = f["entry/corrections"]
+            values = {name: g[name]["signal"][()] for name in g}
+            return g["solid_angle/iy"][()], g["solid_angle/ix"][()], values
 
     def space_group(self):
         import gemmi

@@ -26,84 +26,91 @@ from numba import njit
 
 from diffuseflow.errors import InputError
 from diffuseflow.geometry.kernels import grid_cells
+from diffuseflow.io import tables
 from diffuseflow.io.tables import HKLTable, hkl_from_voxels
 
-#: voxel indices are packed into one int64 as three 21-bit fields offset by 2**20
-_OFF = 1 << 20
+#: packed voxel keys (see diffuseflow.io.tables.pack_voxel), compiled for the kernels
+_pack = njit(inline="always")(tables.pack_voxel)
 _EMPTY = -1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN_N = np.uint64(0xC2B2AE3D27D4EB4F)
+
+# The pixel and fold loops call no njit function that takes arrays: each such call increfs
+# and decrefs every array argument atomically, which cost 60 % of the pixel loop's time (and
+# inline="always" rebinds the arguments, the same). Their probes are written out in place.
+#
+# Open-addressing hash tables (linear probing, load <= 1/2): int64 keys (_EMPTY = free), an
+# optional pass number per slot, and two payload blocks, int64 (cap, ni) and float64 (cap, nf).
+# The tile tables, the voxel -> smallest-mean table and the (voxel, pass) row table are all of
+# this one kind; only their payloads differ.
 
 
 @njit(inline="always")
-def _pack(H, K, L):
-    return ((H + _OFF) << 42) | ((K + _OFF) << 21) | (L + _OFF)
+def _slot(key, n, bits):
+    h = np.uint64(key) * _GOLDEN + np.uint64(n) * _GOLDEN_N
+    return np.int64(h >> np.uint64(64 - bits))
 
 
-def unpack(keys: np.ndarray) -> np.ndarray:
-    """(n, 3) int64 voxel indices of packed keys."""
-    keys = np.asarray(keys, np.int64)
-    mask = (1 << 21) - 1
-    return np.stack([(keys >> 42) - _OFF, ((keys >> 21) & mask) - _OFF, (keys & mask) - _OFF], 1)
-
-
-@njit(inline="always")
-def _slot(key, bits):
-    return np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(64 - bits))
-
-
-# -- per-tile partials -------------------------------------------------------------------------
+def _new_table(bits, ni, nf, with_passes=False):
+    cap = 1 << bits
+    keys = np.full(cap, _EMPTY, np.int64)
+    passes = np.zeros(cap if with_passes else 0, np.int64)
+    return keys, passes, np.zeros((cap, ni), np.int64), np.zeros((cap, nf))
 
 
 @njit(cache=True)
-def _grow(keys, pix, cnt, sec, sphi, siy, six, bits):
-    """Rehash a tile table into one of twice the size."""
-    bits += 1
+def _rehash(keys, passes, ipay, fpay, bits):
+    """The same entries in a table of 2**bits slots (``passes`` empty: a table without)."""
     cap = 1 << bits
+    msk = cap - 1
     nk = np.full(cap, _EMPTY, np.int64)
-    npix = np.zeros(cap, np.int64)
-    ncnt = np.zeros(cap, np.int64)
-    nsec = np.zeros(cap)
-    nphi = np.zeros(cap)
-    niy = np.zeros(cap)
-    nix = np.zeros(cap)
-    mask = cap - 1
+    npass = np.zeros(cap if passes.size else 0, np.int64)
+    ni = np.zeros((cap, ipay.shape[1]), np.int64)
+    nf = np.zeros((cap, fpay.shape[1]))
     for i in range(keys.size):
-        k = keys[i]
-        if k == _EMPTY:
+        if keys[i] == _EMPTY:
             continue
-        j = _slot(k, bits)
+        n = passes[i] if passes.size else 0
+        j = _slot(keys[i], n, bits)
         while nk[j] != _EMPTY:
-            j = (j + 1) & mask
-        nk[j] = k
-        npix[j] = pix[i]
-        ncnt[j] = cnt[i]
-        nsec[j] = sec[i]
-        nphi[j] = sphi[i]
-        niy[j] = siy[i]
-        nix[j] = six[i]
-    return nk, npix, ncnt, nsec, nphi, niy, nix, bits
+            j = (j + 1) & msk
+        nk[j] = keys[i]
+        if passes.size:
+            npass[j] = n
+        ni[j] = ipay[i]
+        nf[j] = fpay[i]
+    return nk, npass, ni, nf
+
+
+# -- per-tile partials -------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True)
 def _fill(
     data, mask, use_mask, y_lo, y_hi, x_lo, x_hi, phi, expo, nd0, nd1, nd2, exact,
     q, M, gh, gk, gl, p0, wp, gy0, gwy, gx0, gwx, iy_axis, ix_axis,
-    keys, pix, cnt, sec, sphi, siy, six, bits, used, key_order, f0, y0, x0,
+    keys, rows, bits, cache_k, cache_r, acc, used, key_order, f0, y0,
 ):  # fmt: skip
-    """Accumulate pixels from (f0, y0, x0) on, in C order, until the table is half full.
+    """Accumulate the rows of pixels from (f0, y0) on until the table might pass half full
+    (or ``acc`` fill up).
 
-    Returns (f, y, x, used, done): where to resume after growing the table. The table arrays
-    are never reassigned here, so the pixel loop carries no reference counting.
+    Along a row, neighbouring pixels mostly share a voxel (a pixel spans a fraction of one):
+    a run of pixels in one voxel is summed in registers and added to the table once. Integer
+    sums (pixels, counts, and the iy, ix pixel indices) are exact in any order (``acc`` holds
+    them as float64: exact below 2**53); exposure and phi are constant within a frame, so a
+    run adds n * value (phi pixel by pixel in compat mode, as mdx2). Returns (f, y, used,
+    done): where to resume after growing the table. The table arrays are never reassigned
+    here, so the pixel loop carries no reference counting.
     """
     cap = keys.size
     msk = cap - 1
+    cache_mask = cache_k.size - 1
+    width = x_hi - x_lo
     nf = data.shape[0]
     nxg = gh.shape[2] if not exact else 1
     rh = np.empty(nxg)
     rk = np.empty(nxg)
     rl = np.empty(nxg)
-    last_key = _EMPTY
-    last_j = 0
     for f in range(f0, nf):
         ph = phi[f]
         ex = expo[f]
@@ -113,6 +120,9 @@ def _fill(
         pa = p0[f]
         fp = wp[f]
         for y in range(y0 if f == f0 else y_lo, y_hi):
+            # a row adds at most `width` voxels
+            if 2 * (used + width) > cap or used + width > acc.shape[0]:
+                return f, y, used, False
             yv = iy_axis[y]
             if not exact:  # mdx2's grid: interpolate phi and y once per row, then x per pixel
                 fy = gwy[y]
@@ -129,53 +139,83 @@ def _fill(
                     rl[c] = (1.0 - fp) * ((1.0 - fy) * gl[pa, ya, c] + fy * gl[pa, ya + 1, c]) + (
                         fp * ((1.0 - fy) * gl[pa + 1, ya, c] + fy * gl[pa + 1, ya + 1, c])
                     )
-            for x in range(x0 if (f == f0 and y == y0) else x_lo, x_hi):
-                v = data[f, y, x]
-                if v == -1:
-                    continue
-                if use_mask and mask[f, y, x]:
-                    continue
-                if exact:
-                    qx = q[0, y, x]
-                    qy = q[1, y, x]
-                    qz = q[2, y, x]
-                    h = m00 * qx + m01 * qy + m02 * qz
-                    k = m10 * qx + m11 * qy + m12 * qz
-                    l = m20 * qx + m21 * qy + m22 * qz  # noqa: E741
-                else:
-                    xa = gx0[x]
-                    fx = gwx[x]
-                    h = (1.0 - fx) * rh[xa] + fx * rh[xa + 1]
-                    k = (1.0 - fx) * rk[xa] + fx * rk[xa + 1]
-                    l = (1.0 - fx) * rl[xa] + fx * rl[xa + 1]  # noqa: E741
-                key = _pack(
-                    np.int64(np.rint(h * nd0)),
-                    np.int64(np.rint(k * nd1)),
-                    np.int64(np.rint(l * nd2)),
-                )
-                new = False
-                if key == last_key:  # neighbouring pixels mostly share a voxel: no probe
-                    j = last_j
-                else:
-                    j = _slot(key, bits)
-                    while keys[j] != _EMPTY and keys[j] != key:
-                        j = (j + 1) & msk
-                    new = keys[j] == _EMPTY
-                    last_key = key
-                    last_j = j
-                if new:
-                    keys[j] = key
-                    key_order[used] = key
-                    used += 1
-                pix[j] += 1
-                cnt[j] += v
-                sec[j] += ex
-                sphi[j] += ph
-                siy[j] += yv
-                six[j] += ix_axis[x]
-                if new and 2 * used > cap:
-                    return f, y, x + 1, used, False
-    return nf, y_lo, x_lo, used, True
+            # the current run: its voxel and sums (run_pix == 0: none yet); x == x_hi ends the
+            # row, so one place below adds a finished run to the table
+            rH = rK = rL = np.int64(0)
+            run_pix = 0
+            run_cnt = 0
+            run_ix = 0.0
+            H = K = L = np.int64(0)
+            v = 0
+            for x in range(x_lo, x_hi + 1):
+                if x < x_hi:
+                    v = data[f, y, x]
+                    if v == -1:
+                        continue
+                    if use_mask and mask[f, y, x]:
+                        continue
+                    if exact:
+                        qx = q[0, y, x]
+                        qy = q[1, y, x]
+                        qz = q[2, y, x]
+                        h = m00 * qx + m01 * qy + m02 * qz
+                        k = m10 * qx + m11 * qy + m12 * qz
+                        l = m20 * qx + m21 * qy + m22 * qz  # noqa: E741
+                    else:
+                        xa = gx0[x]
+                        fx = gwx[x]
+                        h = (1.0 - fx) * rh[xa] + fx * rh[xa + 1]
+                        k = (1.0 - fx) * rk[xa] + fx * rk[xa + 1]
+                        l = (1.0 - fx) * rl[xa] + fx * rl[xa + 1]  # noqa: E741
+                    H = np.int64(np.rint(h * nd0))
+                    K = np.int64(np.rint(k * nd1))
+                    L = np.int64(np.rint(l * nd2))
+                    if run_pix > 0 and H == rH and K == rK and L == rL:
+                        run_pix += 1
+                        run_cnt += v
+                        run_ix += ix_axis[x]
+                        continue
+                if run_pix > 0:  # add the finished run to its voxel's row of acc
+                    key = _pack(rH, rK, rL)
+                    # a small direct-mapped cache in front of the hash table: the voxels of
+                    # nearby rows and frames repeat, and the cache stays in L1
+                    c = (key ^ (key >> 17) ^ (key >> 35)) & cache_mask
+                    if cache_k[c] == key:
+                        r = cache_r[c]
+                    else:
+                        j = _slot(key, 0, bits)
+                        while keys[j] != _EMPTY and keys[j] != key:
+                            j = (j + 1) & msk
+                        if keys[j] == _EMPTY:
+                            keys[j] = key
+                            rows[j, 0] = used
+                            key_order[used] = key
+                            used += 1
+                        r = rows[j, 0]
+                        cache_k[c] = key
+                        cache_r[c] = r
+                    acc[r, 0] += run_pix
+                    acc[r, 1] += run_cnt
+                    acc[r, 2] += ex * run_pix
+                    if exact:
+                        acc[r, 3] += ph * run_pix
+                    else:
+                        # mdx2 adds phi pixel by pixel; its pass split n = floor(d phi /
+                        # max_spread) can sit exactly on a boundary (regular phi steps), where
+                        # one ulp changes a row
+                        t = acc[r, 3]
+                        for _ in range(run_pix):
+                            t += ph
+                        acc[r, 3] = t
+                    acc[r, 4] += yv * run_pix
+                    acc[r, 5] += run_ix
+                if x == x_hi:
+                    break
+                rH, rK, rL = H, K, L
+                run_pix = 1
+                run_cnt = np.int64(v)
+                run_ix = ix_axis[x]
+    return nf, y_lo, used, True
 
 
 @njit(cache=True, nogil=True)
@@ -185,53 +225,37 @@ def _tile_partials(
 ):  # fmt: skip
     """Partials of one chunk (all frames of the slab, rows y_lo:y_hi, columns x_lo:x_hi).
 
-    Pixels are visited frame by frame in C order, the order of mdx2's bincount, so each
-    partial's sums are the same floating-point sums. Returns the partials in first-seen order
+    Pixels are visited frame by frame in C order, the order of mdx2's bincount. Returns the
+    partials in first-seen order: keys, (m, 6) sums of pixels, counts, seconds, phi, iy, ix
     (``key_order`` is a scratch buffer of at least the tile's pixel count).
     """
     bits = 12
-    cap = 1 << bits
-    keys = np.full(cap, _EMPTY, np.int64)
-    pix = np.zeros(cap, np.int64)
-    cnt = np.zeros(cap, np.int64)
-    sec = np.zeros(cap)
-    sphi = np.zeros(cap)
-    siy = np.zeros(cap)
-    six = np.zeros(cap)
+    while (1 << bits) < 4 * (x_hi - x_lo):
+        bits += 1
+    keys = np.full(1 << bits, _EMPTY, np.int64)
+    rows = np.zeros((1 << bits, 1), np.int64)  # key -> row of acc, rows in first-seen order
+    none = np.zeros(0, np.int64)
+    acc = np.zeros((1 << (bits - 1), 6))
+    cache_k = np.full(256, _EMPTY, np.int64)
+    cache_r = np.zeros(256, np.int64)
     used = 0
-    f, y, x = 0, y_lo, x_lo
+    f, y = 0, y_lo
     while True:
-        f, y, x, used, done = _fill(
+        f, y, used, done = _fill(
             data, mask, use_mask, y_lo, y_hi, x_lo, x_hi, phi, expo, nd0, nd1, nd2, exact,
             q, M, gh, gk, gl, p0, wp, gy0, gwy, gx0, gwx, iy_axis, ix_axis,
-            keys, pix, cnt, sec, sphi, siy, six, bits, used, key_order, f, y, x,
+            keys, rows, bits, cache_k, cache_r, acc, used, key_order, f, y,
         )  # fmt: skip
         if done:
             break
-        keys, pix, cnt, sec, sphi, siy, six, bits = _grow(keys, pix, cnt, sec, sphi, siy, six, bits)
-    cap = 1 << bits
-    # compact in first-seen order
-    out_k = np.empty(used, np.int64)
-    out_p = np.empty(used, np.int64)
-    out_c = np.empty(used, np.int64)
-    out_s = np.empty(used)
-    out_phi = np.empty(used)
-    out_iy = np.empty(used)
-    out_ix = np.empty(used)
-    msk = cap - 1
-    for u in range(used):
-        key = key_order[u]
-        j = _slot(key, bits)
-        while keys[j] != key:
-            j = (j + 1) & msk
-        out_k[u] = key
-        out_p[u] = pix[j]
-        out_c[u] = cnt[j]
-        out_s[u] = sec[j]
-        out_phi[u] = sphi[j]
-        out_iy[u] = siy[j]
-        out_ix[u] = six[j]
-    return out_k, out_p, out_c, out_s, out_phi, out_iy, out_ix
+        if 2 * (used + x_hi - x_lo) > keys.size:
+            bits += 1
+            keys, _, rows, _ = _rehash(keys, none, rows, np.zeros((keys.size, 0)), bits)
+        if used + x_hi - x_lo > acc.shape[0]:
+            grown = np.zeros((2 * acc.shape[0], 6))
+            grown[:used] = acc[:used]
+            acc = grown
+    return key_order[:used].copy(), acc[:used].copy()
 
 
 @dataclass
@@ -325,7 +349,10 @@ def slab_partials(
             ndiv[0], ndiv[1], ndiv[2], indexer.exact, indexer.q, M, *indexer.grid,
             p0s, wps, gy0, gwy, gx0, gwx, iy_axis, ix_axis, scratch,
         )  # fmt: skip
-        return Partials(*out)
+        keys, sums = out
+        return Partials(
+            keys, sums[:, 0].astype(np.int64), sums[:, 1].astype(np.int64), *sums[:, 2:].T
+        )
 
     results = list(pool.map(run, tile_list)) if pool is not None else [run(t) for t in tile_list]
     return Partials.concat(results)
@@ -337,46 +364,45 @@ def slab_partials(
 @njit(cache=True)
 def _fold(
     pkeys, ppix, pcnt, psec, pphi, piy, pix_, spread,
-    vkeys, vmin, vbits, rkeys, rn, rrow, rbits, acc_i, acc_f, nrows,
+    vkeys, vmin, vbits, rkeys, rpass, rrow, rbits, acc_i, acc_f, nrows,
 ):  # fmt: skip
     """Fold a batch of partials into the voxel-minimum table and the (voxel, n) rows.
 
     The batch must hold whole frame-chunks later in rotation than every earlier batch, so a
     voxel's smallest partial mean is final once its first batch has been folded.
     """
-    vmask = (1 << vbits) - 1
-    rmask = (1 << rbits) - 1
     m = pkeys.size
+    vmask = vkeys.size - 1
+    rmask = rkeys.size - 1
     # 1. smallest partial mean phi per voxel
     for i in range(m):
         key = pkeys[i]
         t = pphi[i] / ppix[i]
-        j = _slot(key, vbits)
+        j = _slot(key, 0, vbits)
         while vkeys[j] != _EMPTY and vkeys[j] != key:
             j = (j + 1) & vmask
         if vkeys[j] == _EMPTY:
             vkeys[j] = key
-            vmin[j] = t
-        elif t < vmin[j]:
-            vmin[j] = t
+            vmin[j, 0] = t
+        elif t < vmin[j, 0]:
+            vmin[j, 0] = t
     # 2. pass index and accumulation
     for i in range(m):
         key = pkeys[i]
         t = pphi[i] / ppix[i]
-        j = _slot(key, vbits)
+        j = _slot(key, 0, vbits)
         while vkeys[j] != key:
             j = (j + 1) & vmask
-        n = np.int64(np.floor((t - vmin[j]) / spread))
-        h = np.uint64(key) * _GOLDEN + np.uint64(n) * np.uint64(0xC2B2AE3D27D4EB4F)
-        r = np.int64(h >> np.uint64(64 - rbits))
-        while rkeys[r] != _EMPTY and not (rkeys[r] == key and rn[r] == n):
+        n = np.int64(np.floor((t - vmin[j, 0]) / spread))
+        r = _slot(key, n, rbits)
+        while rkeys[r] != _EMPTY and not (rkeys[r] == key and rpass[r] == n):
             r = (r + 1) & rmask
         if rkeys[r] == _EMPTY:
             rkeys[r] = key
-            rn[r] = n
-            rrow[r] = nrows
+            rpass[r] = n
+            rrow[r, 0] = nrows
             nrows += 1
-        row = rrow[r]
+        row = rrow[r, 0]
         acc_i[row, 0] += ppix[i]
         acc_i[row, 1] += pcnt[i]
         acc_f[row, 0] += psec[i]
@@ -386,43 +412,6 @@ def _fold(
     return nrows
 
 
-@njit(cache=True)
-def _rehash_voxels(vkeys, vmin, bits):
-    cap = 1 << bits
-    nk = np.full(cap, _EMPTY, np.int64)
-    nm = np.zeros(cap)
-    mask = cap - 1
-    for i in range(vkeys.size):
-        if vkeys[i] == _EMPTY:
-            continue
-        j = _slot(vkeys[i], bits)
-        while nk[j] != _EMPTY:
-            j = (j + 1) & mask
-        nk[j] = vkeys[i]
-        nm[j] = vmin[i]
-    return nk, nm
-
-
-@njit(cache=True)
-def _rehash_rows(rkeys, rn, rrow, bits):
-    cap = 1 << bits
-    nk = np.full(cap, _EMPTY, np.int64)
-    nn = np.zeros(cap, np.int64)
-    nr = np.zeros(cap, np.int64)
-    mask = cap - 1
-    for i in range(rkeys.size):
-        if rkeys[i] == _EMPTY:
-            continue
-        h = np.uint64(rkeys[i]) * _GOLDEN + np.uint64(rn[i]) * np.uint64(0xC2B2AE3D27D4EB4F)
-        j = np.int64(h >> np.uint64(64 - bits))
-        while nk[j] != _EMPTY:
-            j = (j + 1) & mask
-        nk[j] = rkeys[i]
-        nn[j] = rn[i]
-        nr[j] = rrow[i]
-    return nk, nn, nr
-
-
 class Accumulator:
     """(voxel, rotation pass) rows of the integrated table, grown as partials arrive."""
 
@@ -430,14 +419,11 @@ class Accumulator:
         if not (max_spread > 0 and math.isfinite(max_spread)):
             raise InputError(f"--max_spread must be a positive number of degrees, is {max_spread}")
         self.spread = float(max_spread)
-        self.vbits = 16
-        self.vkeys = np.full(1 << self.vbits, _EMPTY, np.int64)
-        self.vmin = np.zeros(1 << self.vbits)
+        self.vbits = self.rbits = 16
+        # voxel -> smallest partial mean phi; (voxel, pass) -> row of acc_i / acc_f
+        self.vkeys, self.vnone, _, self.vmin = _new_table(self.vbits, 0, 1)
+        self.rkeys, self.rpass, self.rrow, _ = _new_table(self.rbits, 1, 0, with_passes=True)
         self.nvox = 0
-        self.rbits = 16
-        self.rkeys = np.full(1 << self.rbits, _EMPTY, np.int64)
-        self.rn = np.zeros(1 << self.rbits, np.int64)
-        self.rrow = np.zeros(1 << self.rbits, np.int64)
         self.acc_i = np.zeros((1 << 15, 2), np.int64)
         self.acc_f = np.zeros((1 << 15, 4))
         self.nrows = 0
@@ -449,11 +435,14 @@ class Accumulator:
         # room for every partial being new: load factor <= 1/2 in both tables
         while 2 * (self.nvox + m) > (1 << self.vbits):
             self.vbits += 1
-            self.vkeys, self.vmin = _rehash_voxels(self.vkeys, self.vmin, self.vbits)
+            self.vkeys, _, _, self.vmin = _rehash(
+                self.vkeys, self.vnone, np.zeros((len(self.vkeys), 0), np.int64), self.vmin,
+                self.vbits,
+            )  # fmt: skip
         while 2 * (self.nrows + m) > (1 << self.rbits):
             self.rbits += 1
-            self.rkeys, self.rn, self.rrow = _rehash_rows(
-                self.rkeys, self.rn, self.rrow, self.rbits
+            self.rkeys, self.rpass, self.rrow, _ = _rehash(
+                self.rkeys, self.rpass, self.rrow, np.zeros((len(self.rkeys), 0)), self.rbits
             )
         if self.nrows + m > len(self.acc_i):
             size = max(2 * len(self.acc_i), self.nrows + m)
@@ -463,7 +452,7 @@ class Accumulator:
             self.acc_f[self.nrows :] = 0
         self.nrows = _fold(
             p.keys, p.pixels, p.counts, p.seconds, p.phi, p.iy, p.ix, self.spread,
-            self.vkeys, self.vmin, self.vbits, self.rkeys, self.rn, self.rrow, self.rbits,
+            self.vkeys, self.vmin, self.vbits, self.rkeys, self.rpass, self.rrow, self.rbits,
             self.acc_i, self.acc_f, self.nrows,
         )  # fmt: skip
         self.nvox = int(np.count_nonzero(self.vkeys != _EMPTY))
@@ -471,13 +460,13 @@ class Accumulator:
     def table(self, ndiv) -> HKLTable:
         """The integrated table, sorted by (h, k, l, n) as mdx2's groupby."""
         used = self.rkeys != _EMPTY
-        keys, n, rows = self.rkeys[used], self.rn[used], self.rrow[used]
-        HKL = unpack(keys)
-        order = np.lexsort((n, HKL[:, 2], HKL[:, 1], HKL[:, 0]))
-        HKL, n, rows = HKL[order], n[order], rows[order]
+        keys, n, rows = self.rkeys[used], self.rpass[used], self.rrow[used, 0]
+        # packed keys sort as (h, k, l) (see tables.pack_voxel)
+        order = np.lexsort((n, keys))
+        keys, n, rows = keys[order], n[order], rows[order]
         ai, af = self.acc_i[rows], self.acc_f[rows]
         pixels = ai[:, 0]
-        cols = hkl_from_voxels(HKL, ndiv)
+        cols = hkl_from_voxels(tables.unpack_voxels(keys), ndiv)
         cols.update(
             n=n.astype(np.float64),
             pixels=pixels.astype(np.int32),
@@ -493,10 +482,10 @@ class Accumulator:
 def check_subdivide(ndiv, hmax: float):
     if len(ndiv) != 3 or any(int(d) != d or d < 1 for d in ndiv):
         raise InputError(f"--subdivide needs three positive integers, is {list(ndiv)}")
-    if hmax * max(ndiv) >= _OFF - 1:
+    if hmax * max(ndiv) >= tables.VOXEL_OFFSET - 1:
         raise InputError(
             f"--subdivide {list(ndiv)}: Miller indices up to {hmax:.0f} give voxel indices beyond "
-            f"+-{_OFF - 1}"
+            f"+-{tables.VOXEL_OFFSET - 1}"
         )
     return tuple(int(d) for d in ndiv)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffuseflow.errors import InputError
-from diffuseflow.io.tables import HKLTable
+from diffuseflow.io.tables import HKLTable, pack_voxels
 
 
 def grid_axes(limits, ndiv):
@@ -38,17 +38,12 @@ def default_limits(table: HKLTable, laue) -> list[float]:
     return [float(v) for t in top for v in (-t, t)]
 
 
-def _packed(HKL):
-    off = 1 << 20
-    return ((HKL[:, 0] + off) << 42) | ((HKL[:, 1] + off) << 21) | (HKL[:, 2] + off)
-
-
 def lookup(table: HKLTable, HKL: np.ndarray, column: str) -> np.ndarray:
     """Values of ``column`` at voxel indices HKL (n, 3); NaN where the table has none."""
-    keys = _packed(table.voxels())
+    keys = pack_voxels(table.voxels())
     order = np.argsort(keys)
     skeys = keys[order]
-    want = _packed(HKL)
+    want = pack_voxels(HKL)
     pos = np.clip(np.searchsorted(skeys, want), 0, max(len(skeys) - 1, 0))
     found = skeys[pos] == want if len(skeys) else np.zeros(len(want), bool)
     values = table[column][order].astype(np.float64)

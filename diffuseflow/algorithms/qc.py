@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from diffuseflow.algorithms.binning import read_binned
 from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.algorithms.peaks import PeakModel
 from diffuseflow.errors import InputError
@@ -149,29 +150,6 @@ def crop_around(shape, centre, size: int):
 
 
 # -- background -----------------------------------------------------------------------------
-
-
-@dataclass
-class BinnedBackground:
-    rate: np.ndarray  #: (phi bins, iy bins, ix bins) counts/s per pixel, NaN = no data
-    phi: np.ndarray
-    iy: np.ndarray
-    ix: np.ndarray
-    bins: list
-
-
-def read_binned(path) -> BinnedBackground:
-    with nexus.open_input(path, "bkg_data_binned.nxs", ["binned_image_series"]) as f:
-        g = f["entry/binned_image_series"]
-        signal = g.attrs.get("signal", "data")
-        signal = signal.decode() if isinstance(signal, bytes) else signal
-        return BinnedBackground(
-            g[signal][()],
-            g["phi"][()],
-            g["iy"][()],
-            g["ix"][()],
-            nexus.provenance(path)["parameters"].get("bins"),
-        )
 
 
 def read_experiment(path):

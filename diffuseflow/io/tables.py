@@ -26,6 +26,32 @@ MDX2_DTYPES = {
     "rs_volume": np.float32, "op": np.int32, "count": np.int32,
 }  # fmt: skip
 
+#: voxel indices (H, K, L) pack into one int64 as three 21-bit fields, each offset by this
+VOXEL_OFFSET = 1 << 20
+_FIELD = (1 << 21) - 1
+
+
+def pack_voxel(H, K, L):
+    """One int64 key per voxel (scalars or arrays). Keys sort as (H, K, L) sort: every
+    field is non-negative after the offset. diffuseflow.algorithms.integrate compiles this."""
+    return ((H + VOXEL_OFFSET) << 42) | ((K + VOXEL_OFFSET) << 21) | (L + VOXEL_OFFSET)
+
+
+def pack_voxels(HKL: np.ndarray) -> np.ndarray:
+    """Keys of (n, 3) integer voxel indices."""
+    HKL = np.asarray(HKL, np.int64)
+    return pack_voxel(HKL[:, 0], HKL[:, 1], HKL[:, 2])
+
+
+def unpack_voxels(keys: np.ndarray) -> np.ndarray:
+    """(n, 3) int64 voxel indices of packed keys."""
+    keys = np.asarray(keys, np.int64)
+    return np.stack(
+        [(keys >> 42) - VOXEL_OFFSET, ((keys >> 21) & _FIELD) - VOXEL_OFFSET,
+         (keys & _FIELD) - VOXEL_OFFSET], 1,
+    )  # fmt: skip
+
+
 #: HDF5 gzip level of table columns (tables compress ~2x; level 1 is nearly as small as 9)
 _TABLE_GZIP = 1
 
