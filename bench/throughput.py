@@ -9,8 +9,9 @@ miniCBF plus a background sweep, then times, each as a fresh process at 1 and 2 
 * import_data against the bare fabio read of the same CBF files (frames/s, MB/s of int32);
 * find_peaks and mask_peaks in Mpx/s, with peak memory (RSS), at two sweep lengths to show
   that memory does not grow with the number of frames;
-* bin_image_series against the bare read of the same data.nxs.
+* bin_image_series against the bare read of the same data.nxs;
 
+each for every --compression codec of data.nxs (default: bslz4 and gzip, side by side).
 Prints one table; ratios > 1 mean slower than the bare read.
 """
 
@@ -93,6 +94,7 @@ def main():
     p.add_argument("--bkg_frames", type=int, default=20)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--compression", nargs="+", default=["bslz4", "gzip"], help="codecs to time")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     d = ensure_sweep(a.out, a.frames, a.bkg_frames)
@@ -124,31 +126,36 @@ def main():
 
     bare, n = bare_fabio_read(d)
     row("bare fabio read (CBF)", 1, bare, n)
-    for t in (1, 2):
-        secs, rss = measured(
-            SCRIPTS / "import_data.py", expt, "--outfile", data, "--nproc", t, threads=t
-        )
-        row("import_data", t, secs, n, rss, bare)
-
     peaks = d / "peaks.nxs"
-    for t in (1, 2):
-        read = bare_h5_read(data, t)
-        row("bare data.nxs read", t, read, n)
-        secs, rss = measured(
-            SCRIPTS / "find_peaks.py", g, data, "--count_threshold", 20, "--outfile", peaks,
-            "--nproc", t, threads=t,
-        )  # fmt: skip
-        row("find_peaks", t, secs, n, rss, read)
-        secs, rss = measured(
-            SCRIPTS / "mask_peaks.py", g, data, peaks, "--outfile", d / "mask.nxs",
-            "--nproc", t, threads=t,
-        )  # fmt: skip
-        row("mask_peaks", t, secs, n, rss)
+    for codec in a.compression:
+        for t in (1, 2):
+            secs, rss = measured(
+                SCRIPTS / "import_data.py", expt, "--outfile", data, "--nproc", t,
+                "--compression", codec, threads=t,
+            )  # fmt: skip
+            row(f"import_data [{codec}]", t, secs, n, rss, bare)
+        for t in (1, 2):
+            read = bare_h5_read(data, t)
+            row(f"bare data.nxs read [{codec}]", t, read, n)
+            secs, rss = measured(
+                SCRIPTS / "find_peaks.py", g, data, "--count_threshold", 20, "--outfile", peaks,
+                "--nproc", t, threads=t,
+            )  # fmt: skip
+            row(f"find_peaks [{codec}]", t, secs, n, rss, read)
+            secs, rss = measured(
+                SCRIPTS / "mask_peaks.py", g, data, peaks, "--outfile", d / "mask.nxs",
+                "--nproc", t, threads=t,
+            )  # fmt: skip
+            row(f"mask_peaks [{codec}]", t, secs, n, rss)
+    if a.compression[0] != a.compression[-1]:  # later steps read the first codec's data.nxs
+        measured(SCRIPTS / "import_data.py", expt, "--outfile", data, "--nproc", 2,
+                 "--compression", a.compression[0])  # fmt: skip
 
     # memory against sweep length: the same steps on half as many frames
     hexpt, hg, hdata = half / "crystal" / "sweep.expt", half / "geometry.nxs", half / "data.nxs"
     measured(SCRIPTS / "import_geometry.py", hexpt, "--outfile", hg)
-    measured(SCRIPTS / "import_data.py", hexpt, "--outfile", hdata, "--nproc", 2)
+    measured(SCRIPTS / "import_data.py", hexpt, "--outfile", hdata, "--nproc", 2,
+             "--compression", a.compression[0])  # fmt: skip
     hn = a.frames // 2
     secs, rss = measured(
         SCRIPTS / "find_peaks.py", hg, hdata, "--count_threshold", 20,
@@ -162,16 +169,18 @@ def main():
     row("mask_peaks", 2, secs, hn, rss)
 
     bexpt, bdata = d / "background" / "sweep.expt", d / "bkg_data.nxs"
-    measured(SCRIPTS / "import_data.py", bexpt, "--outfile", bdata, "--nproc", 2)
     nb = a.bkg_frames
-    for t in (1, 2):
-        read = bare_h5_read(bdata, t)
-        row("bare bkg_data.nxs read", t, read, nb)
-        secs, rss = measured(
-            SCRIPTS / "bin_image_series.py", bdata, 10, 20, 20, "--valid_range", 0, 200,
-            "--outfile", d / "binned.nxs", "--nproc", t, threads=t,
-        )  # fmt: skip
-        row("bin_image_series", t, secs, nb, rss, read)
+    for codec in a.compression:
+        measured(SCRIPTS / "import_data.py", bexpt, "--outfile", bdata, "--nproc", 2,
+                 "--compression", codec)  # fmt: skip
+        for t in (1, 2):
+            read = bare_h5_read(bdata, t)
+            row(f"bare bkg_data.nxs read [{codec}]", t, read, nb)
+            secs, rss = measured(
+                SCRIPTS / "bin_image_series.py", bdata, 10, 20, 20, "--valid_range", 0, 200,
+                "--outfile", d / "binned.nxs", "--nproc", t, threads=t,
+            )  # fmt: skip
+            row(f"bin_image_series [{codec}]", t, secs, nb, rss, read)
 
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")

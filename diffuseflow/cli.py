@@ -88,14 +88,12 @@ def add_experiment_selection(p: argparse.ArgumentParser):
     )
 
 
-def add_gather(p: argparse.ArgumentParser):
-    p.add_argument(
-        "--gather",
-        nargs="+",
-        metavar="PART",
-        help="assemble the partial files of the N slab jobs (--slab K N) into --outfile, "
-        "copying compressed chunks as they are; equals a single-job run; default: one job",
-    )
+def add_gather(
+    p: argparse.ArgumentParser,
+    help: str = "assemble the partial files of the N slab jobs (--slab K N) into --outfile, "
+    "copying compressed chunks as they are; equals a single-job run; default: one job",
+):
+    p.add_argument("--gather", nargs="+", metavar="PART", help=help)
 
 
 def gather_if_asked(a, expect: dict) -> bool:

@@ -3,6 +3,11 @@ from numbers computed in ``diffuseflow.algorithms.qc`` and saves it as PNG."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -25,6 +30,19 @@ OFFSET_LABELS = ("dh", "dk", "dl")
 def _save(fig, path):
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+@contextlib.contextmanager
+def written_atomically(outdir: Path, prefix: str):
+    """Yields (scratch folder inside ``outdir``, list of files moved in): figures are drawn
+    into the scratch folder and moved into ``outdir`` only when the block succeeds, so a failed
+    QC step leaves the previous page whole, not half replaced."""
+    moved: list[Path] = []
+    with tempfile.TemporaryDirectory(dir=outdir, prefix=prefix) as tmp:
+        yield Path(tmp), moved
+        for f in sorted(Path(tmp).iterdir()):
+            os.replace(f, Path(outdir) / f.name)
+            moved.append(Path(outdir) / f.name)
 
 
 def offset_cloud(search: qc.PeakSearch, path, mask_cutoff: float | None = None):
@@ -281,25 +299,25 @@ def map_sections(values: np.ndarray, axes, path, title: str = ""):
     _save(fig, path)
 
 
-def isotropic_average(s_mid, mean_intensity, path):
+def _resolution_curve(s_mid, values, ylabel, title):
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    ax.plot(s_mid, mean_intensity, "o-")
+    ax.plot(s_mid, values, "o-")
     ax.set_xlabel("s = 1/d (1/Å)")
-    ax.set_ylabel("mean merged intensity")
-    ax.set_title("isotropic average")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def isotropic_average(s_mid, mean_intensity, path):
+    fig, _ = _resolution_curve(s_mid, mean_intensity, "mean merged intensity", "isotropic average")
     _save(fig, path)
 
 
 def cc_half(s_mid, cc, path):
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    ax.plot(s_mid, cc, "o-")
-    ax.set_xlabel("s = 1/d (1/Å)")
-    ax.set_ylabel("CC1/2")
+    fig, ax = _resolution_curve(s_mid, cc, "CC1/2", "random-half correlation against resolution")
     ax.set_ylim(min(0.0, np.nanmin(cc) if np.isfinite(cc).any() else 0.0), 1.02)
     ax.axhline(1.0, color="0.6", lw=0.8)
-    ax.set_title("random-half correlation against resolution")
-    ax.grid(alpha=0.3)
     _save(fig, path)
 
 

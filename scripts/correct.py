@@ -11,6 +11,7 @@ corrections, NaN spreading from empty bins, l-mirror for --p1).
 """
 
 import argparse
+import json
 
 import numpy as np
 
@@ -88,6 +89,7 @@ def main(argv):
         {f"diffuseflow_{k}": v for k, v in summary.items() if isinstance(v, int | np.integer)}
     )
     out.attrs["diffuseflow_p1"] = bool(a.p1)
+    out.attrs["diffuseflow_crystal_form"] = json.dumps(correct.crystal_form(geomfile, a.p1))
     inputs = [a.geom, a.hkl] + ([a.background] if a.background else [])
     dtypes = {**tables.MDX2_DTYPES, "n": np.int32}  # correct stores n as int32 (mdx2)
     tables.write_table(

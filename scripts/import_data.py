@@ -12,6 +12,7 @@ file), then one run with --gather PART ... assembles them; the result equals a s
 
 from diffuseflow import cli
 from diffuseflow.algorithms.importing import geometry_summary, write_data
+from diffuseflow.io import nexus
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.images import parse_untrusted
 
@@ -49,6 +50,13 @@ def main(argv):
         metavar="K",
         help="Eiger files with several threshold channels (4-D /entry/data/data): read threshold_K",
     )
+    p.add_argument(
+        "--compression",
+        choices=nexus.CODECS,
+        default=nexus.CODECS[0],
+        help="codec of the stack: bslz4 (bitshuffle/LZ4; readers need hdf5plugin) or gzip "
+        "(+ shuffle; any HDF5 reader) (default: %(default)s)",
+    )
     p.add_argument("--outfile", default="data.nxs", help="output file")
     cli.add_slab(p, "read")
     cli.add_gather(p)
@@ -73,6 +81,7 @@ def main(argv):
         reader=a.reader,
         job=job,
         threshold_channel=a.threshold_channel,
+        compression=a.compression,
     )
 
 

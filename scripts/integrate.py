@@ -44,10 +44,8 @@ def main(argv):
     )
     p.add_argument("--outfile", default="integrated.nxs", help="output file")
     cli.add_slab(p, "integrate")
-    p.add_argument(
-        "--gather",
-        nargs="+",
-        metavar="PART",
+    cli.add_gather(
+        p,
         help="fold the partial sums of the N slab jobs (--slab K N) into --outfile; equals a "
         "single-job run; default: one job",
     )

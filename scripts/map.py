@@ -8,12 +8,14 @@ plots it; mdx2 reads it as GridData), with the merged errors and multiplicities 
 """
 
 import argparse
+import json
 
 import numpy as np
 
 from diffuseflow import cli
 from diffuseflow.algorithms import correct, maps
 from diffuseflow.algorithms.importing import GeometryFile
+from diffuseflow.errors import InputError
 from diffuseflow.io import nexus, tables
 
 
@@ -40,6 +42,19 @@ def main(argv):
     a = p.parse_args(argv)
     cli.check_output(a.outfile)
     table = tables.read_table(a.hkl, "merged.nxs", need=(a.signal,))
+    voxels = table.voxels()
+    if len(np.unique(voxels, axis=0)) < len(voxels):
+        raise InputError(
+            f"{a.hkl}: holds several rows of one voxel (a corrected table?); map needs the "
+            "merged table from merge"
+        )
+    form = table.attrs.get("diffuseflow_crystal_form")
+    if form and a.symmetry:
+        merged_form = json.loads(form)  # the map's --p1 expands a table merged either way
+        geom_form = correct.crystal_form(GeometryFile(a.geom), merged_form["laue"] == "-1")
+        correct.check_same_form(
+            {a.geom: geom_form, a.hkl: merged_form}, "cannot be mapped together"
+        )
     if a.p1 or not a.symmetry:
         laue = None
     else:

@@ -62,7 +62,7 @@ def main(argv):
         peaks = nexus.read_peaks(f, "peaks")
     with nexus.ImageSeries(a.data) as series:
         geomfile.check_matches(series)
-        shape, chunks = series.shape, series.chunks
+        shape, chunks, codec = series.shape, series.chunks, series.codec
         axes = (series.phi, series.iy, series.ix)
     frames = nexus.job_frames(shape[0], chunks[0], *job) if job else None
     masker = PeakMasker(
@@ -76,7 +76,7 @@ def main(argv):
         ) as f:
             if job:
                 nexus.mark_partial(f, frames, job)
-            dset = nexus.mask_dataset(f["entry"], axes, chunks)
+            dset = nexus.mask_dataset(f["entry"], axes, chunks, codec)
             writer = nexus.StackWriter(dset, threads=a.nproc)
             try:
                 per_frame = write_mask(

@@ -9,6 +9,8 @@ half-data splits (--split randomHalf: seeded, reproducible; Friedel: by the Laue
 handedness, needs --geometry). Every observation has scale 1.
 """
 
+import json
+
 from diffuseflow import cli
 from diffuseflow.algorithms import correct
 from diffuseflow.algorithms import merge as merging
@@ -53,12 +55,19 @@ def main(argv):
             operators = correct.FRIEDEL_OPERATORS
         else:
             operators = correct.LaueSymmetry.of(GeometryFile(a.geometry)).operators
+    forms = {
+        path: t.attrs.get("diffuseflow_crystal_form") for path, t in zip(a.hkl, tabs, strict=True)
+    }
+    correct.check_same_form({k: json.loads(v) for k, v in forms.items() if v})
     obs = merging.gather(tabs, a.hkl)
     table, summary = merging.merge(obs, settings, operators, log=cli.log)
     if summary["voxels"] == 0:
         raise InputError(f"{a.hkl[0]}: no usable observation to merge")
     # mdx2's merged h, k, l are float64 (voxel / ndiv, not cast)
     dtypes = {**tables.MDX2_DTYPES, "h": float, "k": float, "l": float}
+    known = [v for v in forms.values() if v]
+    if known:
+        table.attrs["diffuseflow_crystal_form"] = known[0]
     tables.write_table(a.outfile, table, "merge", params, a.hkl, None, dtypes=dtypes)
     cli.log(
         f"merged {summary['used']} of {summary['observations']} observations into "

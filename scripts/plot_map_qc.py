@@ -9,8 +9,6 @@ Example: python scripts/plot_map_qc.py results/maps/demo/merged.nxs results/maps
 -o results/maps/demo/qc
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -60,17 +58,13 @@ def main(argv):
         if f"diffuseflow_{key}" in table.attrs:
             rows.append((label, table.attrs[f"diffuseflow_{key}"].item(), ""))
     rows.append(("merge parameters", params, ""))
-    with tempfile.TemporaryDirectory(dir=out, prefix=".plot_map_qc.") as tmp:
-        tmp = Path(tmp)
+    with figures.written_atomically(out, ".plot_map_qc.") as (tmp, _):
         figures.map_sections(values, axes, tmp / "sections.png", Path(a.map).parent.name)
         figures.isotropic_average(stats.s_mid, stats.mean_intensity, tmp / "isotropic.png")
         figures.cc_half(stats.s_mid, stats.cc_half, tmp / "cc_half.png")
         figures.multiplicity_histogram(count, tmp / "multiplicity.png")
         qc.write_summary_tsv(rows, tmp / "summary.tsv")
         (tmp / "summary.html").write_text(qc.summary_html(f"{Path(a.map).parent.name}: map", rows))
-        made = sorted(tmp.iterdir())
-        for f in made:
-            os.replace(f, out / f.name)
     for q, v, u in rows:
         cli.log(f"{q}: {v:.6g} {u}" if isinstance(v, float) else f"{q}: {v} {u}")
 

@@ -12,8 +12,6 @@ Example: python scripts/plot_qc.py results/demo -o results/demo/qc --background
 results/demo_background/bkg_data_binned.nxs --benchmarks benchmarks
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -98,9 +96,7 @@ def main(argv):
     out = Path(a.outdir)
     cli.check_output(out / "summary.tsv")
     out.mkdir(parents=True, exist_ok=True)
-    # draw into a scratch directory and move the files in only when all succeeded
-    with tempfile.TemporaryDirectory(dir=out, prefix=".plot_qc.") as tmp:
-        tmp = Path(tmp)
+    with figures.written_atomically(out, ".plot_qc.") as (tmp, made):
         crystal = have.issuperset(CRYSTAL_FILES)
         background = have.issuperset(BACKGROUND_FILES)
         if a.kind == "crystal" and not crystal or a.kind == "background" and not background:
@@ -123,9 +119,6 @@ def main(argv):
             )
         qc.write_summary_tsv(rows, tmp / "summary.tsv")
         (tmp / "summary.html").write_text(qc.summary_html(f"{sweep.name}: {kind}", rows))
-        made = sorted(tmp.iterdir())
-        for f in made:
-            os.replace(f, out / f.name)
     for q, v, u in rows:
         cli.log(f"{q}: {v:.6g} {u}" if isinstance(v, float) else f"{q}: {v} {u}")
     cli.log(f"wrote {', '.join(f.name for f in made)} to {out}")

@@ -39,6 +39,15 @@ def _make(d: Path, name: str, **over):
         "mask_peaks", d / "geometry.nxs", d / "data.nxs", d / "peaks.nxs",
         "--outfile", d / "mask.nxs",
     )  # fmt: skip
+    # and on to a map (bins of 2 frames: the background sweeps have 3-4)
+    run_script("bin_image_series", d / "bkg_data.nxs", 2, 20, 20, "--outfile", d / "binned.nxs")
+    run_script("integrate", d / "geometry.nxs", d / "data.nxs", "--mask", d / "mask.nxs",
+               "--outfile", d / "integrated.nxs")  # fmt: skip
+    run_script("correct", d / "geometry.nxs", d / "integrated.nxs", "--background",
+               d / "binned.nxs", "--outfile", d / "corrected.nxs")  # fmt: skip
+    run_script("merge", d / "corrected.nxs", "--outfile", d / "merged.nxs")
+    run_script("map", d / "geometry.nxs", d / "merged.nxs", "--limits", -2, 2, -2, 2, -2, 2,
+               "--outfile", d / "map.nxs")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +147,30 @@ CASES = [
     ("bin-zero-bins", lambda a, b, t: ("bin_image_series", a / "bkg_data.nxs", 0, 20, 20), ["bin size", "> 0"]),
     ("bin-no-data", lambda a, b, t: ("bin_image_series", t / "nothing.nxs", 2, 20, 20), ["nothing.nxs", "no such file"]),
     ("bin-corrupt-chunk", lambda a, b, t: ("bin_image_series", _corrupt(a / "bkg_data.nxs", t), 2, 20, 20), ["bkg_data.nxs", "corrupt"]),
+    # -- integrate ------------------------------------------------------------------------
+    ("integrate-subdivide-zero", lambda a, b, t: ("integrate", a / "geometry.nxs", a / "data.nxs", "--mask", a / "mask.nxs", "--subdivide", 0, 3, 3), ["--subdivide needs three positive"]),
+    ("integrate-spread-negative", lambda a, b, t: ("integrate", a / "geometry.nxs", a / "data.nxs", "--mask", a / "mask.nxs", "--max_spread", -1), ["--max_spread"]),
+    ("integrate-mask-is-data", lambda a, b, t: ("integrate", a / "geometry.nxs", a / "data.nxs", "--mask", a / "data.nxs"), ["data.nxs", "no /entry/mask group"]),
+    ("integrate-mask-other-sweep", lambda a, b, t: ("integrate", a / "geometry.nxs", a / "data.nxs", "--mask", b / "mask.nxs"), ["mask.nxs", "different sweeps", "sweep_b"]),
+    ("integrate-data-other-sweep", lambda a, b, t: ("integrate", b / "geometry.nxs", a / "data.nxs", "--mask", a / "mask.nxs"), ["geometry.nxs", "different sweeps", "sweep_b"]),
+    ("integrate-gather-not-a-part", lambda a, b, t: ("integrate", a / "geometry.nxs", a / "data.nxs", "--mask", a / "mask.nxs", "--gather", a / "integrated.nxs"), ["integrated.nxs", "slab part"]),
+    ("integrate-corrupt-chunk", lambda a, b, t: ("integrate", a / "geometry.nxs", _corrupt(a / "data.nxs", t), "--mask", a / "mask.nxs"), ["data.nxs", "corrupt"]),
+    ("integrate-read-only-dir", lambda a, b, t: ("integrate", a / "geometry.nxs", a / "data.nxs", "--mask", a / "mask.nxs", "--outfile", "/sys/integrated.nxs"), ["/sys/integrated.nxs", "cannot write"]),
+    # -- correct --------------------------------------------------------------------------
+    ("correct-not-a-table", lambda a, b, t: ("correct", a / "geometry.nxs", a / "data.nxs"), ["data.nxs", "no /entry/hkl_table group"]),
+    ("correct-background-not-binned", lambda a, b, t: ("correct", a / "geometry.nxs", a / "integrated.nxs", "--background", a / "bkg_data.nxs"), ["bkg_data.nxs", "no /entry/binned_image_series"]),
+    ("correct-geometry-other-sweep", lambda a, b, t: ("correct", b / "geometry.nxs", a / "integrated.nxs"), ["integrated.nxs", "different sweeps", "sweep_b"]),
+    ("correct-read-only-dir", lambda a, b, t: ("correct", a / "geometry.nxs", a / "integrated.nxs", "--outfile", "/sys/corrected.nxs"), ["/sys/corrected.nxs", "cannot write"]),
+    # -- merge ----------------------------------------------------------------------------
+    ("merge-not-corrected", lambda a, b, t: ("merge", a / "integrated.nxs"), ["integrated.nxs", "no 'intensity' column"]),
+    ("merge-friedel-no-geometry", lambda a, b, t: ("merge", a / "corrected.nxs", "--split", "Friedel"), ["--split Friedel needs --geometry"]),
+    ("merge-other-crystal-form", lambda a, b, t: ("merge", a / "corrected.nxs", b / "corrected.nxs"), ["sweep_b", "Laue group mmm", "Laue group m-3", "cannot merge"]),
+    ("merge-outlier-negative", lambda a, b, t: ("merge", a / "corrected.nxs", "--outlier", -1), ["--outlier", "> 0"]),
+    # -- map ------------------------------------------------------------------------------
+    ("map-limits-inverted", lambda a, b, t: ("map", a / "geometry.nxs", a / "merged.nxs", "--limits", 3, 1, 0, 1, 0, 1), ["minimum 3 is above maximum 1"]),
+    ("map-of-corrected-table", lambda a, b, t: ("map", a / "geometry.nxs", a / "corrected.nxs"), ["corrected.nxs", "several rows of one voxel"]),
+    ("map-other-crystal-form", lambda a, b, t: ("map", b / "geometry.nxs", a / "merged.nxs"), ["sweep_b", "Laue group mmm", "cannot be mapped"]),
+    ("map-qc-not-a-map", lambda a, b, t: ("plot_map_qc", a / "merged.nxs", a / "corrected.nxs", "-o", t / "qc"), ["corrected.nxs", "is this map.nxs"]),
     # -- plot_qc --------------------------------------------------------------------------
     ("qc-mixed-sweeps", lambda a, b, t: ("plot_qc", _mixed(a, b, t), "-o", t / "qc"), ["different sweeps", "mask.nxs"]),
     ("qc-no-results-dir", lambda a, b, t: ("plot_qc", t / "results/none", "-o", t / "qc"), ["results/none", "no such results directory"]),
@@ -207,7 +240,7 @@ def _not_hdf5(t: Path) -> Path:
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case, build, words", CASES, ids=[c[0] for c in CASES])
@@ -215,7 +248,7 @@ def test_bad_input_is_refused_in_one_line(sweeps, tmp_path, case, build, words):
     a, b = sweeps
     before = {p: p.stat().st_mtime_ns for d in (a, b) for p in d.rglob("*")}
     script, *args = build(a, b, tmp_path)
-    has_outfile = "--outfile" in args or script == "plot_qc"
+    has_outfile = "--outfile" in args or script.startswith("plot_")
     out = tmp_path / "out.nxs"
     cmd = [*args] if has_outfile else [*args, "--outfile", out]
     proc = run_script(script, *cmd, check=False)

@@ -151,39 +151,3 @@ def test_geometry_reads_our_and_mdx2_symmetry(insulin_run):
     laue = correct.LaueSymmetry.of(GeometryFile(insulin_run / "geometry.nxs"))
     assert len(laue.operators) == 24  # m-3
     assert GeometryFile(insulin_run / "geometry.nxs").space_group().hm == "I 21 3"
-
-
-@pytest.fixture(scope="module")
-def reduced_tables(insulin_run, tmp_path_factory):
-    d, t = insulin_run, tmp_path_factory.mktemp("tables")
-    names = {"g": d / "geometry.nxs", "d": d / "data.nxs", "i": t / "i.nxs",
-             "c": t / "c.nxs", "m": t / "m.nxs"}  # fmt: skip
-    run_script("integrate", d / "geometry.nxs", d / "data.nxs", "--mask", d / "mask.nxs",
-               "--outfile", names["i"])  # fmt: skip
-    run_script("correct", d / "geometry.nxs", names["i"], "--outfile", names["c"])
-    run_script("merge", names["c"], "--outfile", names["m"])
-    return names
-
-
-@pytest.mark.parametrize(
-    "tool, args, message",
-    [
-        ("integrate", ["{g}", "{d}", "--subdivide", 0, 3, 3], "--subdivide needs three positive"),
-        ("integrate", ["{g}", "{d}", "--max_spread", -1], "--max_spread"),
-        ("integrate", ["{g}", "{d}", "--mask", "{d}"], "no /entry/mask group"),
-        ("correct", ["{g}", "{d}"], "no /entry/hkl_table group"),
-        ("correct", ["{g}", "{i}", "--background", "{d}"], "no /entry/binned_image_series"),
-        ("merge", ["{i}"], "no 'intensity' column"),
-        ("merge", ["{c}", "--split", "Friedel"], "--split Friedel needs --geometry"),
-        ("map", ["{g}", "{m}", "--limits", 3, 1, 0, 1, 0, 1], "minimum 3 is above maximum 1"),
-    ],
-)
-def test_bad_input_is_one_line(reduced_tables, tmp_path, tool, args, message):
-    names = reduced_tables
-    argv = [str(a).format(**names) for a in args]
-    out = tmp_path / "out.nxs"
-    proc = run_script(tool, *argv, "--outfile", out, check=False)
-    assert proc.returncode == 2, proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, lines
-    assert not out.exists()

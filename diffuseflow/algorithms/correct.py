@@ -35,6 +35,48 @@ CORRECTIONS = ("attenuation", "efficiency", "polarization")
 # -- symmetry -----------------------------------------------------------------------------------
 
 
+def crystal_form(geometry, p1: bool = False) -> dict:
+    """What tables to be merged must share: the Laue group the asymmetric unit follows ("-1"
+    with p1) and the unit cell (a, b, c in Å, angles in degrees, from the UB matrix)."""
+    real = np.linalg.inv(np.asarray(geometry.ub_matrix, float))  # rows: a, b, c
+    lengths = np.linalg.norm(real, axis=1)
+    pairs = ((1, 2), (0, 2), (0, 1))
+    angles = [
+        np.degrees(np.arccos(real[i] @ real[j] / (lengths[i] * lengths[j]))) for i, j in pairs
+    ]
+    group = geometry.space_group()  # ours: a CrystalSymmetry; mdx2's files: a gemmi group
+    group = getattr(group, "reference", group)
+    return {
+        "laue": "-1" if p1 else group.laue_str(),
+        "cell": [round(float(v), 3) for v in (*lengths, *angles)],
+    }
+
+
+#: tables merge only if their cells agree this well (crystals of one form: ~1 %)
+CELL_LENGTH_TOLERANCE = 0.03
+CELL_ANGLE_TOLERANCE = 3.0  # degrees
+
+
+def check_same_form(forms: dict[str, dict], consequence: str = "cannot merge"):
+    """Refuse tables (by file name) of different Laue groups or unit cells, in one line."""
+    named = [(name, f) for name, f in forms.items() if f]
+    for name, form in named[1:]:
+        first, ref = named[0]
+        if form["laue"] != ref["laue"]:
+            raise InputError(
+                f"{name} (Laue group {form['laue']}) and {first} (Laue group {ref['laue']}) "
+                f"are of different crystal forms and {consequence}"
+            )
+        a, b = np.asarray(form["cell"]), np.asarray(ref["cell"])
+        if np.any(np.abs(a[:3] / b[:3] - 1) > CELL_LENGTH_TOLERANCE) or np.any(
+            np.abs(a[3:] - b[3:]) > CELL_ANGLE_TOLERANCE
+        ):
+            raise InputError(
+                f"{name} (cell {' '.join(f'{v:g}' for v in a)}) and {first} (cell "
+                f"{' '.join(f'{v:g}' for v in b)}) are of different crystal forms and {consequence}"
+            )
+
+
 @dataclass
 class LaueSymmetry:
     """Laue operators and the reciprocal ASU condition of geometry.nxs (ours or mdx2's)."""

@@ -227,6 +227,7 @@ def write_data(
     reader: str = "builtin",
     job: tuple[int, int] | None = None,
     threshold_channel: int = 1,
+    compression: str = nexus.CODECS[0],
 ):
     """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid).
 
@@ -251,6 +252,7 @@ def write_data(
         untrusted=[f"{r.kind}={','.join(f'{v:g}' for v in r.values)}" for r in untrusted or []],
         reader=reader,
         threshold_channel=threshold_channel,
+        compression=compression,
         experiment=expt.index,
         frames=list(expt.scan.image_range),
     )
@@ -271,7 +273,9 @@ def write_data(
                 np.arange(nx),
                 expt.scan.exposure_times,
             )
-            dset = nexus.create_stack(g, "data", (n, ny, nx), np.int32, chunks, fill=-1)
+            dset = nexus.create_stack(
+                g, "data", (n, ny, nx), np.int32, chunks, codec=compression, fill=-1
+            )
             writer = nexus.StackWriter(dset, threads=nproc)
             # one slab buffer for the whole sweep: a fresh slab (up to 256 MB) per batch pays
             # its page faults again each time, ~40 % of an Eiger frame's read (the writer is

@@ -19,6 +19,7 @@ averaged down. Outliers are rejected on both sides. Tables without the columns t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,7 +231,7 @@ def merge(obs: Observations, settings: MergeSettings, operators=None, log=print)
                 "(an integrating detector in ADU?): errors scaled by "
                 f"{np.sqrt(scale):.3g}"
             )
-            obs.variance_scale = scale
+            obs = dataclasses.replace(obs, variance_scale=scale)  # the caller's stays as given
             intensity, sigma, count, use = merge_fn(obs, use)
     if settings.outlier is not None:
         resid = residuals(obs, intensity, physical)

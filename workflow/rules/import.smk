@@ -45,12 +45,13 @@ rule import_slab:
         chunks=lambda wc: " ".join(map(str, setting(wc.sweep, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.sweep),
         reader=lambda wc: setting(wc.sweep, "import", "reader"),
+        compression=lambda wc: setting(wc.sweep, "import", "compression"),
         channel=lambda wc: setting(wc.sweep, "import", "threshold_channel"),
         select=lambda wc: selection_args(wc.sweep),
         slabs=lambda wc: n_slabs(wc.sweep),
     shell:
         "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
-        "{params.untrusted} --reader {params.reader} "
+        "{params.untrusted} --reader {params.reader} --compression {params.compression} "
         "--threshold_channel {params.channel} --slab {wildcards.slab} {params.slabs} --nproc {threads} "
         "--outfile {output:q} > {log:q} 2>&1"
 
@@ -78,12 +79,13 @@ rule import_data:
         chunks=lambda wc: " ".join(map(str, setting(wc.dataset, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.dataset),
         reader=lambda wc: setting(wc.dataset, "import", "reader"),
+        compression=lambda wc: setting(wc.dataset, "import", "compression"),
         channel=lambda wc: setting(wc.dataset, "import", "threshold_channel"),
         select=lambda wc: selection_args(wc.dataset),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
-        "{params.untrusted} --reader {params.reader} "
+        "{params.untrusted} --reader {params.reader} --compression {params.compression} "
         "--threshold_channel {params.channel} {params.gather} "
         "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
@@ -111,12 +113,13 @@ rule import_background:
         chunks=lambda wc: " ".join(map(str, setting(wc.background, "import", "chunks"))),
         untrusted=lambda wc: untrusted_args(wc.background),
         reader=lambda wc: setting(wc.background, "import", "reader"),
+        compression=lambda wc: setting(wc.background, "import", "compression"),
         channel=lambda wc: setting(wc.background, "import", "threshold_channel"),
         select=lambda wc: selection_args(wc.background),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
-        "{params.untrusted} --reader {params.reader} "
+        "{params.untrusted} --reader {params.reader} --compression {params.compression} "
         "--threshold_channel {params.channel} {params.gather} "
         "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
