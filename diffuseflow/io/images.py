@@ -535,7 +535,8 @@ class DxtbxFrameReader(FrameReader):
         try:
             experiments = ExperimentListFactory.from_json_file(str(expt.path), check_format=True)
         except Exception as e:  # dxtbx raises many types for unreadable files
-            raise InputError(f"{expt.path}: dxtbx cannot load it ({e})") from None
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise InputError(f"{expt.path}: dxtbx cannot load it ({why})") from None
         self.imageset = experiments[expt.index].imageset
         # the selected frames start this many images into dxtbx's image set
         scan = self.imageset.get_scan() or experiments[expt.index].scan
@@ -552,8 +553,15 @@ class DxtbxFrameReader(FrameReader):
         return f"images through dxtbx ({type(self.imageset).__name__})"
 
     def read(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        raw = self.imageset.get_raw_data(index + self.offset)
-        good = self.imageset.get_mask(index + self.offset)
+        try:
+            raw = self.imageset.get_raw_data(index + self.offset)
+            good = self.imageset.get_mask(index + self.offset)
+        except Exception as e:  # dxtbx raises RuntimeError, IOError, ... for unreadable images
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else "no message"
+            raise InputError(
+                f"{self.expt.path}: dxtbx cannot read image {index + 1} of the scan "
+                f"({type(e).__name__}: {why})"
+            ) from None
         if len(raw) != 1:
             raise InputError(f"{self.expt.path}: dxtbx returned {len(raw)} panels; need one")
         data = raw[0].as_numpy_array()

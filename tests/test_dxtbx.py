@@ -1,0 +1,143 @@
+"""``import_data.py --reader dxtbx`` against a real dxtbx (Debian's python3-dials: dxtbx 3.11.2)
+on real beamline files, compared with the built-in reader pixel for pixel.
+
+The environment is built once by bench/dxtbx_env.py. Without Debian's dxtbx the tests skip,
+unless DIFFUSEFLOW_REQUIRE_DXTBX=1 (set in CI, which installs python3-dials).
+
+dxtbx 3.11 reads only the legacy scan encoding of .expt files (the files are rewritten so),
+and its trusted range is exclusive at both ends (``lo < v < hi``, dxtbx/model/panel.h), where
+dxtbx >= 3.12 and diffuseflow's reader take it inclusive: pixels whose value is exactly a
+bound are the only ones allowed to differ, and there dxtbx must say invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT, SCRIPTS, run_script
+from realdata import REAL, need
+
+sys.path.insert(0, str(ROOT / "bench"))
+import dxtbx_env  # noqa: E402
+
+from diffuseflow.io.images import FrameReader  # noqa: E402
+
+SNASE = ROOT.parent / "shared" / "data" / "snase"
+
+
+@pytest.fixture(scope="module")
+def dxtbx_python():
+    required = os.environ.get("DIFFUSEFLOW_REQUIRE_DXTBX") == "1"
+    if not dxtbx_env.available():
+        if required:
+            pytest.fail("Debian's python3-dials (dxtbx) is not installed")
+        pytest.skip("Debian's python3-dials (dxtbx) is not installed")
+    return dxtbx_env.ensure_dxtbx_python()
+
+
+def legacy_expt(src: Path, dst: Path, template: str, experiment: int = 0) -> Path:
+    """One experiment of ``src`` as dxtbx 3.11 reads it: legacy scan encoding, absolute
+    template, the other experiments (whose images are not here) left out."""
+    doc = json.loads(src.read_text())
+    exp = doc["experiment"][experiment]
+    for kind in ("beam", "detector", "goniometer", "scan", "crystal", "imageset"):
+        if kind in exp and isinstance(exp[kind], int):
+            doc[kind] = [doc[kind][exp[kind]]]
+            exp[kind] = 0
+    doc["experiment"] = [exp]
+    scan = doc["scan"][0]
+    props = scan.pop("properties", None)
+    if props:
+        osc = props["oscillation"]
+        scan["oscillation"] = [osc[0], osc[1] - osc[0]]
+        scan["exposure_time"] = props["exposure_time"]
+        scan["epochs"] = props["epochs"]
+    doc["imageset"][0]["template"] = template
+    dst.write_text(json.dumps(doc))
+    return dst
+
+
+def import_both(dxtbx_python, expt: Path, d: Path, frames=(1, 3)):
+    sel = ["--frames", *frames]
+    ours = d / "builtin.nxs"
+    theirs = d / "dxtbx.nxs"
+    run_script("import_data", expt, *sel, "--outfile", ours)
+    proc = subprocess.run(
+        [str(dxtbx_python), str(SCRIPTS / "import_data.py"), str(expt), *map(str, sel),
+         "--reader", "dxtbx", "--outfile", str(theirs)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(ours) as a, h5py.File(theirs) as b:
+        return a["entry/image_series/data"][()], b["entry/image_series/data"][()]
+
+
+def raw_frames(expt: Path, frames) -> np.ndarray:
+    from diffuseflow.io.expt import read_expt
+
+    reader = FrameReader(read_expt(expt, frames=frames))
+    return np.stack([reader.read_raw(i) for i in range(frames[1] - frames[0] + 1)])
+
+
+def assert_equal_but_bounds(ours, theirs, raw, trusted):
+    lo, hi = trusted
+    differ = ours != theirs
+    at_bound = (raw == lo) | (raw == hi)
+    assert not np.any(differ & ~at_bound), int(np.sum(differ & ~at_bound))
+    assert np.all(theirs[differ] == -1)  # dxtbx 3.11: the bounds themselves are untrusted
+    assert np.array_equal(ours[differ], raw[differ])  # ours: inclusive, the value kept
+    return int(differ.sum())
+
+
+def test_real_pilatus_cbf_through_dxtbx(dxtbx_python, tmp_path):
+    """The real L-cysteine Pilatus 2M CBFs (.cbf.gz) with their real DIALS .expt."""
+    lcys = need(REAL / "lcys")
+    expt = legacy_expt(lcys / "indexed.expt", tmp_path / "lcys.expt",
+                       str(lcys / "l-cyst_01_#####.cbf.gz"))  # fmt: skip
+    ours, theirs = import_both(dxtbx_python, expt, tmp_path)
+    trusted = json.loads(expt.read_text())["detector"][0]["panels"][0]["trusted_range"]
+    n = assert_equal_but_bounds(ours, theirs, raw_frames(expt, (1, 3)), trusted)
+    assert ours.shape == (3, 1679, 1475)
+    assert np.sum(ours == -1) > 0.05 * ours.size  # module gaps and dead pixels, both agree
+    print(f"L-cysteine: {n} of {ours.size} pixels at a trusted-range bound differ")
+
+
+def test_real_ccd_smv_through_dxtbx(dxtbx_python, tmp_path):
+    """The real SNase SMV CCD frames (.img.bz2) with their DIALS .expt."""
+    expt_src = need(SNASE / "snase.expt")
+    template = json.loads(expt_src.read_text())["imageset"][0]["template"]
+    expt = legacy_expt(expt_src, tmp_path / "snase.expt", str(SNASE / template))
+    ours, theirs = import_both(dxtbx_python, expt, tmp_path)
+    trusted = json.loads(expt.read_text())["detector"][0]["panels"][0]["trusted_range"]
+    n = assert_equal_but_bounds(ours, theirs, raw_frames(expt, (1, 3)), trusted)
+    assert ours.shape == (3, 1024, 1024)
+    assert 0 < n < 100  # a few saturated pixels at 65534 (the SNase numbers: 4)
+    print(f"SNase: {n} of {ours.size} pixels at a trusted-range bound differ")
+
+
+def test_an_image_dxtbx_cannot_read_is_one_line(dxtbx_python, tmp_path):
+    from diffuseflow.simulate import preset, write_sweeps
+
+    # the simulator's small "Pilatus" does not have a real Pilatus' module layout, so dxtbx's
+    # Pilatus format class refuses it: the error must still be one line naming the file
+    write_sweeps(preset("insulin", nx=300, ny=250, n_frames=2, bkg_frames=1), tmp_path,
+                 kinds=("crystal",), log=None)  # fmt: skip
+    src = tmp_path / "crystal/sweep.expt"
+    template = str(tmp_path / "crystal" / json.loads(src.read_text())["imageset"][0]["template"])
+    expt = legacy_expt(src, tmp_path / "legacy.expt", template)
+    proc = subprocess.run(
+        [str(dxtbx_python), str(SCRIPTS / "import_data.py"), str(expt), "--reader", "dxtbx",
+         "--outfile", str(tmp_path / "x.nxs")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "legacy.expt: dxtbx cannot" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.nxs").exists()
