@@ -8,7 +8,9 @@ DIALS with dxtbx 3.11.2, for the system Python 3.11). Default location:
 $DIFFUSEFLOW_DXTBX_VENV or ~/.cache/diffuseflow/dxtbx-debian. The environment is made from
 /usr/bin/python3 with --system-site-packages; libtbx looks for ``<prefix>/lib/cctbx``, which
 is linked to the system's; Debian's old ``coverage`` breaks numba's import, so a current one
-is installed over it. diffuseflow itself is not installed: run its scripts with
+is installed over it. mdx2 1.0.5 goes in too (without its declared dependency dxtbx, which is
+the system's here), so mdx2's own import steps run through real dxtbx. diffuseflow itself is
+not installed: run its scripts with
 PYTHONPATH=<checkout>, so the environment always runs the code of the checkout at hand.
 """
 
@@ -20,6 +22,8 @@ import sys
 from pathlib import Path
 
 import tomllib
+from mdx2_env import DEPS as MDX2_DEPS
+from mdx2_env import MDX2_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -39,14 +43,19 @@ def available() -> bool:
 
 def _dependencies() -> list[str]:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return [*meta["project"]["dependencies"], "coverage>=7"]
+    # numpy < 2: Debian's dxtbx extensions are built against numpy 1.x's ABI
+    return [*meta["project"]["dependencies"], "coverage>=7", *MDX2_DEPS, "numpy<2"]
 
 
 def ensure_dxtbx_python(venv: Path | None = None, timeout: float = 900) -> Path:
     """Python of the environment; builds it if missing or incomplete. Raises on failure."""
     venv = Path(venv or default_venv())
     py = venv / "bin" / "python"
-    probe = [str(py), "-c", "import dxtbx.model.experiment_list, numba, bitshuffle, fabio, gemmi"]
+    code = (
+        "import dxtbx.model.experiment_list, numba, bitshuffle, fabio; import importlib.metadata"
+        f" as m; assert m.version('mdx2') == '{MDX2_VERSION}'"
+    )
+    probe = [str(py), "-c", code]
     if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return py
     subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--system-site-packages", str(venv)],
@@ -56,6 +65,8 @@ def ensure_dxtbx_python(venv: Path | None = None, timeout: float = 900) -> Path:
         link.symlink_to(SYSTEM_CCTBX)
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, *_dependencies()], check=True, timeout=timeout, capture_output=True)
+    subprocess.run([*pip, "--no-deps", f"mdx2=={MDX2_VERSION}"], check=True, timeout=timeout,
+                   capture_output=True)  # fmt: skip
     subprocess.run(probe, check=True, capture_output=True)
     return py
 
