@@ -23,7 +23,7 @@ from pathlib import Path
 
 import tomllib
 from mdx2_env import DEPS as MDX2_DEPS
-from mdx2_env import MDX2_VERSION
+from mdx2_env import MDX2_VERSION, install_with_mdx2
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -63,10 +63,7 @@ def ensure_dxtbx_python(venv: Path | None = None, timeout: float = 900) -> Path:
     link = venv / "lib" / "cctbx"
     if not link.exists():
         link.symlink_to(SYSTEM_CCTBX)
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, *_dependencies()], check=True, timeout=timeout, capture_output=True)
-    subprocess.run([*pip, "--no-deps", f"mdx2=={MDX2_VERSION}"], check=True, timeout=timeout,
-                   capture_output=True)  # fmt: skip
+    install_with_mdx2(py, _dependencies(), timeout)
     subprocess.run(probe, check=True, capture_output=True)
     return py
 

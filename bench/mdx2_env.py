@@ -33,12 +33,18 @@ def ensure_mdx2_python(venv: Path | None = None, timeout: float = 600) -> Path:
     if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return py
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=timeout)
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, *DEPS], check=True, timeout=timeout, capture_output=True)
-    subprocess.run([*pip, "--no-deps", f"mdx2=={MDX2_VERSION}"], check=True, timeout=timeout,
-                   capture_output=True)  # fmt: skip
+    install_with_mdx2(py, DEPS, timeout)
     subprocess.run(probe, check=True, capture_output=True)
     return py
+
+
+def install_with_mdx2(py: Path, deps: list[str], timeout: float):
+    """pip-install ``deps`` into the environment of ``py``, then mdx2 without its declared
+    dependencies (dxtbx is not on PyPI)."""
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, *deps], check=True, timeout=timeout, capture_output=True)
+    subprocess.run([*pip, "--no-deps", f"mdx2=={MDX2_VERSION}"], check=True, timeout=timeout,
+                   capture_output=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,10 +49,11 @@ def _filters(dset: h5py.Dataset) -> list[int]:
     return [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
 
 
-def stack_codec(dset: h5py.Dataset) -> str | None:
+def stack_codec(dset: h5py.Dataset, filters: list[int] | None = None) -> str | None:
     """'bslz4', 'gzip' (optionally after shuffle) or 'none' for the stacks this module writes
-    and reads chunk by chunk; None for any other filter pipeline (read through HDF5)."""
-    filters = _filters(dset)
+    and reads chunk by chunk; None for any other filter pipeline (read through HDF5).
+    ``filters``: the dataset's filter ids, if already read."""
+    filters = _filters(dset) if filters is None else filters
     if filters in ([bslz4.FILTER_ID], [bslz4.FILTER_ID, h5py.h5z.FILTER_FLETCHER32]):
         return "bslz4"
     if filters in ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]):
@@ -307,8 +308,9 @@ class StackWriter:
     def __init__(self, dset: h5py.Dataset, threads: int = 1):
         self.dset = dset
         self.chunks = dset.chunks
-        self.codec = stack_codec(dset)
-        self.checksum = h5py.h5z.FILTER_FLETCHER32 in _filters(dset)
+        filters = _filters(dset)
+        self.codec = stack_codec(dset, filters)
+        self.checksum = h5py.h5z.FILTER_FLETCHER32 in filters
         if self.codec is None:
             raise ValueError(f"{dset.name}: a stack needs bslz4, gzip or no compression")
         self.shuffle = bool(dset.shuffle)
@@ -382,10 +384,12 @@ def read_slab(
     parallel threads.
     ``out``: an array of the slab's shape and dtype to fill (a reused buffer: a fresh one costs
     page faults on first touch, ~40 % of a frame's decode)."""
+    filters = _filters(dset)
+    codec = stack_codec(dset, filters)
     direct = (
         dset.chunks is not None
         and not dset.is_virtual
-        and stack_codec(dset) is not None
+        and codec is not None
         and start % dset.chunks[0] == 0
         and (stop % dset.chunks[0] == 0 or stop == dset.shape[0])
     )
@@ -404,8 +408,7 @@ def read_slab(
     _, ny, nx = dset.shape
     if out is None or out.shape != (stop - start, ny, nx) or out.dtype != dset.dtype:
         out = np.empty((stop - start, ny, nx), dset.dtype)
-    codec = stack_codec(dset)
-    checksum = h5py.h5z.FILTER_FLETCHER32 in _filters(dset)
+    checksum = h5py.h5z.FILTER_FLETCHER32 in filters
     shuffle = bool(dset.shuffle)
     fill = dset.fillvalue
     tasks = [
@@ -593,7 +596,7 @@ class ImageSeries:
             raise InputError(f"{path}: image_series data shape does not match its axes")
         self.chunks = self.data.chunks or (1, self.shape[1], self.shape[2])
         #: the stack's codec, for outputs that follow it (the mask); gzip for any other
-        self.codec = {"bslz4": "bslz4"}.get(stack_codec(self.data) or "", "gzip")
+        self.codec = "bslz4" if stack_codec(self.data) == "bslz4" else "gzip"
         if self.data.is_virtual and self.data.chunks is None:
             self.chunks = (1, self.shape[1], self.shape[2])
 
