@@ -72,7 +72,12 @@ def main(argv):
     hot = hot_pixel_indices(*peaks, *axes)
     with nexus.atomic_output(a.outfile) as tmp:
         with nexus.new_file(
-            tmp, "mask_peaks", params, [a.geom, a.data, a.peaks], nexus.sweep_of(a.data)
+            tmp,
+            "mask_peaks",
+            params,
+            [a.geom, a.data, a.peaks],
+            nexus.sweep_of(a.data),
+            streamed=True,
         ) as f:
             if job:
                 nexus.mark_partial(f, frames, job)

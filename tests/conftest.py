@@ -34,34 +34,46 @@ P212121_SMALL = dict(
 )
 
 
-def _processed(tmp_path_factory, name, preset_name, overrides, bkg_bins="2 20 20"):
+#: the command-line steps after mask_peaks, in workflow order
+LATER_STEPS = ("bin", "integrate", "correct", "merge", "map")
+
+
+def reduce_sweep(d: Path, to="mask", *, nproc=2, valid_range=(0, 200), merge=(), map_limits=2):
+    """Take the simulated sweeps in d (simulate.write_sweeps) through the command-line steps
+    as a user would: import both sweeps, find_peaks, mask_peaks, then on to `to` (one of
+    LATER_STEPS: bin_image_series of the background in 2x20x20 bins, integrate on a 3x3x3
+    grid, correct with that background, merge with the options `merge`, a map within
+    +-map_limits). One helper for every test that needs processed sweeps."""
+    g, n = d / "geometry.nxs", ("--nproc", nproc)
+    run_script("import_geometry", d / "crystal/sweep.expt", "--outfile", g)
+    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs", *n)
+    run_script("import_data", d / "background/sweep.expt", "--outfile", d / "bkg_data.nxs")
+    run_script("find_peaks", g, d / "data.nxs", "--count_threshold", 20,
+               "--outfile", d / "peaks.nxs", *n)  # fmt: skip
+    run_script("mask_peaks", g, d / "data.nxs", d / "peaks.nxs",
+               "--outfile", d / "mask.nxs", *n)  # fmt: skip
+    steps = LATER_STEPS[: LATER_STEPS.index(to) + 1] if to != "mask" else ()
+    vr = ("--valid_range", *valid_range) if valid_range else ()
+    commands = {
+        "bin": ("bin_image_series", d / "bkg_data.nxs", 2, 20, 20, *vr,
+                "--outfile", d / "binned.nxs"),
+        "integrate": ("integrate", g, d / "data.nxs", "--mask", d / "mask.nxs",
+                      "--subdivide", 3, 3, 3, *n, "--outfile", d / "integrated.nxs"),
+        "correct": ("correct", g, d / "integrated.nxs", "--background", d / "binned.nxs",
+                    "--outfile", d / "corrected.nxs"),
+        "merge": ("merge", d / "corrected.nxs", *merge, "--outfile", d / "merged.nxs"),
+        "map": ("map", g, d / "merged.nxs", "--limits", *[-map_limits, map_limits] * 3,
+                "--outfile", d / "map.nxs"),
+    }  # fmt: skip
+    for step in steps:
+        run_script(*commands[step])
+    return d
+
+
+def _processed(tmp_path_factory, name, preset_name, overrides):
     d = tmp_path_factory.mktemp(name)
     write_sweeps(preset(preset_name, **overrides), d, log=None)
-    run_script("import_geometry", d / "crystal/sweep.expt", "--outfile", d / "geometry.nxs")
-    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs", "--nproc", 2)
-    run_script("import_data", d / "background/sweep.expt", "--outfile", d / "bkg_data.nxs")
-    run_script(
-        "find_peaks",
-        d / "geometry.nxs",
-        d / "data.nxs",
-        "--count_threshold",
-        20,
-        "--outfile",
-        d / "peaks.nxs",
-        "--nproc",
-        2,
-    )
-    run_script(
-        "mask_peaks",
-        d / "geometry.nxs",
-        d / "data.nxs",
-        d / "peaks.nxs",
-        "--outfile",
-        d / "mask.nxs",
-        "--nproc",
-        2,
-    )
-    return d
+    return reduce_sweep(d)
 
 
 @pytest.fixture(scope="session")

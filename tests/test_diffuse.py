@@ -13,7 +13,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import reduce_sweep, run_script
 
 from diffuseflow.geometry.model import SweepGeometry
 from diffuseflow.io.expt import read_expt
@@ -31,31 +31,12 @@ SWEEPS = {
 }  # fmt: skip
 
 
-def _reduce(d, bkg_args=("--background",)):
-    g = d / "geometry.nxs"
-    run_script("import_geometry", d / "crystal/sweep.expt", "--outfile", g)
-    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs", "--nproc", 2)
-    run_script("import_data", d / "background/sweep.expt", "--outfile", d / "bkg_data.nxs")
-    run_script("find_peaks", g, d / "data.nxs", "--count_threshold", 20, "--outfile",
-               d / "peaks.nxs", "--nproc", 2)  # fmt: skip
-    run_script("mask_peaks", g, d / "data.nxs", d / "peaks.nxs", "--outfile", d / "mask.nxs",
-               "--nproc", 2)  # fmt: skip
-    run_script("bin_image_series", d / "bkg_data.nxs", 2, 20, 20, "--valid_range", 0, 200,
-               "--outfile", d / "binned.nxs")  # fmt: skip
-    run_script("integrate", g, d / "data.nxs", "--mask", d / "mask.nxs", "--subdivide", 3, 3, 3,
-               "--nproc", 2, "--outfile", d / "integrated.nxs")  # fmt: skip
-    run_script("correct", g, d / "integrated.nxs", "--background", d / "binned.nxs",
-               "--outfile", d / "corrected.nxs")  # fmt: skip
-    run_script("merge", d / "corrected.nxs", "--outlier", 5, "--split", "randomHalf",
-               "--outfile", d / "merged.nxs")  # fmt: skip
-
-
 @pytest.fixture(scope="module", params=sorted(SWEEPS))
 def reduced(request, tmp_path_factory):
     name = request.param
     d = tmp_path_factory.mktemp(f"diffuse_{name}")
     write_sweeps(preset(name, **SWEEPS[name]), d, log=None)
-    _reduce(d)
+    reduce_sweep(d, to="merge", merge=("--outlier", 5, "--split", "randomHalf"))
     sim = load_simulation(d / "truth.json")
     geom = SweepGeometry(read_expt(d / "crystal/sweep.expt"))
     with h5py.File(d / "data.nxs") as fd, h5py.File(d / "mask.nxs") as fm:

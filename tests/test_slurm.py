@@ -21,17 +21,24 @@ pytestmark = pytest.mark.skipif(
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 
 
+#: the small config with one thread per job: two jobs share the 2-CPU node at a time, and the
+#: outputs must still equal the local run's (threads: 2) array for array
+CONFIG = {**SMALL_CONFIG, "threads": 1}
+
+
 def expected_requests(results) -> dict:
     """rule -> (cpus, mem MB, minutes) that each rule should request: fixed for the small
-    rules, sized from the sweep (diffuseflow.resources) for the heavy ones; threads: 2."""
+    rules, sized from the sweep (diffuseflow.resources) for the heavy ones at the config's
+    threads."""
     from diffuseflow.resources import estimate, stack_shape
 
     crystal = stack_shape(results / "tiny/data.nxs")
     background = stack_shape(results / "tiny_bkg/bkg_data.nxs")
 
     def sized(step, shape):
-        r = estimate(step, shape, threads=2)
-        return (2, r["mem_mb"], r["runtime"])
+        threads = CONFIG["threads"]
+        r = estimate(step, shape, threads=threads)
+        return (threads, r["mem_mb"], r["runtime"])
 
     return {
         "simulate_sweeps": (2, 4000, 30),
@@ -51,8 +58,12 @@ def expected_requests(results) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
+    """The loopback cluster, up until the end of the session: with the slurm executor plugin
+    installed, every Snakemake start runs `scontrol show config`, which waits 9 s when a SLURM
+    client cannot reach its controller; stopping the cluster after this module would add
+    that to each of the ~30 local Snakemake runs of the tests after it."""
     subprocess.run(["bash", str(CLUSTER), "up"], check=True, timeout=600)
     yield
     subprocess.run(["bash", str(CLUSTER), "down"], check=False, timeout=120)
@@ -60,7 +71,7 @@ def cluster():
 
 def run_workflow(workdir, *extra):
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     cmd = ["timeout", "-k", "15", "900", sys.executable, "-m", "snakemake",
            "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), *extra]  # fmt: skip
@@ -88,7 +99,11 @@ def minutes(limit: str) -> int:
 
 def test_workflow_through_slurm(cluster, tmp_path, workflow_run):
     before = max((j[0] for j in slurm_jobs()), default=0)
-    run_workflow(tmp_path / "slurm", "--profile", str(ROOT / "profiles" / "slurm"))
+    # The plugin checks a job's status init-seconds after submitting it, then 10 s later each
+    # time none has finished: the loopback cluster runs these jobs in ~5 s, so a first check at
+    # 7 s finds most done (the profile's 2 s found none, and each job then waited 14 s).
+    run_workflow(tmp_path / "slurm", "--profile", str(ROOT / "profiles" / "slurm"),
+                 "--slurm-init-seconds-before-status-checks", "7")  # fmt: skip
     jobs = [j for j in slurm_jobs() if j[0] > before and j[1].startswith("rule_")]
     expected = expected_requests(tmp_path / "slurm/results")
     seen = {}

@@ -19,7 +19,7 @@ from diffuseflow.geometry.model import (
 from diffuseflow.geometry.symmetry import space_group_from_hall, symmetry_fields
 from diffuseflow.io import nexus
 from diffuseflow.io.expt import Experiment, experiment_from_text, experiment_to_dict
-from diffuseflow.io.images import Region, frame_reader
+from diffuseflow.io.images import Region, count_invalid, frame_reader
 
 #: keep one slab of frames (the unit of work) under this many bytes by default
 SLAB_BYTES = 256 * 2**20
@@ -258,7 +258,9 @@ def write_data(
     )
     inputs = [expt.path]
     with nexus.atomic_output(outfile) as tmp, ThreadPoolExecutor(max(1, nproc)) as pool:
-        with nexus.new_file(tmp, "import_data", params, inputs, nexus.sweep_record(expt)) as f:
+        with nexus.new_file(
+            tmp, "import_data", params, inputs, nexus.sweep_record(expt), streamed=True
+        ) as f:
             if job is not None:
                 nexus.mark_partial(f, (first, last), job)
             # the resolved experiment travels with the data, so QC and later steps can compute
@@ -286,11 +288,11 @@ def write_data(
                     slab = buffer[: stop - start]
 
                     def load(i, slab=slab, start=start):
-                        frames.read(i, out=slab[i - start])
+                        return count_invalid(frames.read(i, out=slab[i - start]))
 
-                    list(pool.map(load, range(start, stop)))
+                    invalid = sum(pool.map(load, range(start, stop)))
                     writer.write(start, slab)
-                    log(f"frames {start} to {stop - 1}: {np.count_nonzero(slab < 0)} invalid px")
+                    log(f"frames {start} to {stop - 1}: {invalid} invalid px")
             finally:
                 writer.close()
     return chunks

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from diffuseflow.errors import InputError
+from diffuseflow.io import nexus
 from diffuseflow.io.expt import Experiment
 
 INVALID = -1
@@ -36,6 +37,15 @@ def _to_int32_marked(raw, static_invalid, lo, hi, out):
                 out[j, i] = -1
             else:
                 out[j, i] = v
+
+
+@njit(cache=True, nogil=True)
+def count_invalid(frame):
+    """Negative (invalid) pixels of an int32 frame: one pass, no temporary (the import log)."""
+    n = 0
+    for v in frame.ravel():
+        n += v < 0
+    return n
 
 
 _COMPRESSED = (".bz2", ".gz")
@@ -258,6 +268,9 @@ class _Hdf5Stack:
                 "(image, threshold channel, y, x)"
             )
         self.starts = np.cumsum([0] + [b.shape[0] for b in self.blocks])
+        # one whole frame per bitshuffle/LZ4 chunk: how Eiger detectors and the DECTRIS,
+        # Diamond and nexgen writers store frames
+        self._direct = [nexus.whole_frame_chunks(b) for b in self.blocks]
         self.dtype = self.blocks[0].dtype
         self.bit_depth = self._bit_depth()
         self.pixel_mask = self._pixel_mask()
@@ -413,10 +426,16 @@ class _Hdf5Stack:
         if not 0 <= index < self.starts[-1]:
             raise InputError(f"{self.path}: has {self.starts[-1]} frames, no frame {index + 1}")
         b = int(np.searchsorted(self.starts, index, side="right") - 1)
+        block, k = self.blocks[b], index - self.starts[b]
+        if self._direct[b]:
+            # the frame's chunk through bitshuffle's decoder, which releases the GIL: the
+            # import's reader threads then decode frames in parallel, where HDF5's filter
+            # pipeline (below) decodes one chunk at a time for the whole process
+            return nexus.read_frame(block, k)
         try:
             if self.channel is not None:
-                return self.blocks[b][index - self.starts[b], self.channel]
-            return self.blocks[b][index - self.starts[b]]
+                return block[k, self.channel]
+            return block[k]
         except OSError as e:
             raise InputError(f"{self.path}: cannot read frame {index + 1} ({e})") from None
 

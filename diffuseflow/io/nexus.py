@@ -49,13 +49,25 @@ def _filters(dset: h5py.Dataset) -> list[int]:
     return [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
 
 
+def _bitshuffle_lz4(dset: h5py.Dataset) -> bool:
+    """Whether the dataset's bitshuffle filter compresses with LZ4: its values are (major,
+    minor, element size, block size, compression[, level]) once HDF5 has set them up, and
+    compression 2 is LZ4 (0: none, 3: zstd, which the chunk decoder does not read)."""
+    plist = dset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        fid, _, values, _ = plist.get_filter(i)
+        if fid == bslz4.FILTER_ID:
+            return len(values) >= 5 and values[4] == 2
+    return False
+
+
 def stack_codec(dset: h5py.Dataset, filters: list[int] | None = None) -> str | None:
     """'bslz4', 'gzip' (optionally after shuffle) or 'none' for the stacks this module writes
     and reads chunk by chunk; None for any other filter pipeline (read through HDF5).
     ``filters``: the dataset's filter ids, if already read."""
     filters = _filters(dset) if filters is None else filters
     if filters in ([bslz4.FILTER_ID], [bslz4.FILTER_ID, h5py.h5z.FILTER_FLETCHER32]):
-        return "bslz4"
+        return "bslz4" if _bitshuffle_lz4(dset) else None
     if filters in ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]):
         return "gzip"
     if filters in ([], [h5py.h5z.FILTER_SHUFFLE]):
@@ -214,11 +226,38 @@ def check_same_sweep(files: dict):
             )
 
 
+@contextlib.contextmanager
 def new_file(
-    path, program: str, parameters: dict, inputs=(), sweep: dict | None = None
-) -> h5py.File:
-    """Create a NeXus file with /entry, the provenance attributes and the sweep record."""
-    f = h5py.File(path, "w", track_order=True)
+    path, program: str, parameters: dict, inputs=(), sweep: dict | None = None, streamed=False
+):
+    """Create a NeXus file with /entry, the provenance attributes and the sweep record; a
+    context manager yielding the open h5py.File.
+
+    A file that is not ``streamed`` (everything but the image and mask stacks, which are
+    written chunk by chunk as they are made) is built in memory and written to ``path`` in one
+    plain write when the block ends: HDF5 writes a small file's data and metadata when it
+    closes it, and a close that hits a full disk or a file-size limit crashes the process
+    (h5py 3.16 / HDF5 1.14: segmentation fault, measured), where a plain write raises OSError
+    (``atomic_output`` turns that into one line). A stack's chunks are written at once, so a
+    full disk stops its writer at the failing chunk."""
+    if streamed:
+        with h5py.File(path, "w", track_order=True) as f:
+            _provenance(f, program, parameters, inputs, sweep)
+            yield f
+        return
+    f = h5py.File(path, "w", driver="core", backing_store=False, track_order=True)
+    try:
+        _provenance(f, program, parameters, inputs, sweep)
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    with open(path, "wb") as fh:
+        fh.write(image)
+
+
+def _provenance(f: h5py.File, program, parameters, inputs, sweep):
     if sweep is not None:
         f.attrs[SWEEP_ATTR] = json.dumps(sweep, sort_keys=True)
     f.attrs["mdx2_version"] = MDX2_VERSION
@@ -228,7 +267,6 @@ def new_file(
     f.attrs["diffuseflow_inputs"] = json.dumps(describe_inputs(inputs))
     entry = f.create_group("entry")
     entry.attrs["NX_class"] = "NXentry"
-    return f
 
 
 def provenance(path) -> dict:
@@ -424,11 +462,7 @@ def read_slab(
         except InputError:
             raise
         except Exception as e:  # a damaged chunk: zlib/ISA-L errors, bad lengths
-            f0, y0, x0 = t
-            raise InputError(
-                f"{dset.file.filename}: the compressed chunk at frame {f0}, row {y0}, column "
-                f"{x0} of {dset.name} is corrupt ({type(e).__name__}: {e}); re-create the file"
-            ) from None
+            raise _corrupt(dset, t, e) from None
 
     def _decode(t):
         f0, y0, x0 = t
@@ -462,6 +496,42 @@ def read_slab(
     else:
         list(pool.map(decode, tasks))
     return out
+
+
+def _corrupt(dset: h5py.Dataset, offset, e: Exception) -> InputError:
+    f0, y0, x0 = offset
+    return InputError(
+        f"{dset.file.filename}: the compressed chunk at frame {f0 + 1}, row {y0 + 1}, "
+        f"column {x0 + 1} (from 1) of {dset.name} is corrupt ({type(e).__name__}: {e})"
+    )
+
+
+def whole_frame_chunks(dset: h5py.Dataset) -> bool:
+    """A bitshuffle/LZ4 stack stored one whole frame per chunk (as Eiger data files are)."""
+    return (
+        dset.ndim == 3
+        and not dset.is_virtual
+        and dset.chunks == (1, *dset.shape[1:])
+        and stack_codec(dset) == "bslz4"
+    )
+
+
+def read_frame(dset: h5py.Dataset, k: int) -> np.ndarray:
+    """Frame k of a ``whole_frame_chunks`` stack, decoded straight from its chunk (no copy
+    into a slab; bitshuffle releases the GIL, so threads decode frames in parallel)."""
+    ny, nx = dset.shape[1:]
+    try:
+        if dset.id.get_chunk_info_by_coord((k, 0, 0)).byte_offset is None:
+            return np.full((ny, nx), dset.fillvalue, dset.dtype)  # never written
+        mask, buf = dset.id.read_direct_chunk((k, 0, 0))
+        if mask & 1:  # stored unfiltered (HDF5 skips an optional filter that did not shrink it)
+            if len(buf) != ny * nx * dset.dtype.itemsize:
+                raise ValueError(f"holds {len(buf)} bytes, not {ny * nx * dset.dtype.itemsize}")
+            return np.frombuffer(buf, dset.dtype).reshape(ny, nx)
+        checksum = h5py.h5z.FILTER_FLETCHER32 in _filters(dset) and not mask & 2
+        return bslz4.decode(buf, dset.dtype, ny * nx, checksum).reshape(ny, nx)
+    except Exception as e:  # a damaged chunk: bad lengths, LZ4 errors, checksum
+        raise _corrupt(dset, (k, 0, 0), e) from None
 
 
 def job_frames(n_frames: int, frames_per_chunk: int, job: int, n_jobs: int) -> tuple[int, int]:
