@@ -219,3 +219,16 @@ def copy_real(name: str, folder: Path, sub="h5") -> Path:
     dst = folder / name
     shutil.copyfile(need(REAL / sub / name), dst)
     return dst
+
+
+def legacy_scan(scan: dict) -> dict:
+    """A scan model in the legacy encoding (older DIALS; all dxtbx 3.11 reads): oscillation
+    [start, width], exposure_time and epochs at top level instead of under ``properties``.
+    Converted in place; a scan already legacy is left as it is."""
+    props = scan.pop("properties", None)
+    if props:
+        osc = props["oscillation"]
+        scan["oscillation"] = [osc[0], osc[1] - osc[0]]
+        scan["exposure_time"] = props["exposure_time"]
+        scan["epochs"] = props["epochs"]
+    return scan

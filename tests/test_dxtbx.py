@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import ROOT, SCRIPTS, run_script
-from realdata import REAL, need
+from realdata import REAL, legacy_scan, need
 
 sys.path.insert(0, str(ROOT / "bench"))
 import dxtbx_env  # noqa: E402
@@ -52,13 +52,7 @@ def legacy_expt(src: Path, dst: Path, template: str, experiment: int = 0) -> Pat
             doc[kind] = [doc[kind][exp[kind]]]
             exp[kind] = 0
     doc["experiment"] = [exp]
-    scan = doc["scan"][0]
-    props = scan.pop("properties", None)
-    if props:
-        osc = props["oscillation"]
-        scan["oscillation"] = [osc[0], osc[1] - osc[0]]
-        scan["exposure_time"] = props["exposure_time"]
-        scan["epochs"] = props["epochs"]
+    legacy_scan(doc["scan"][0])
     doc["imageset"][0]["template"] = template
     dst.write_text(json.dumps(doc))
     return dst

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from realdata import legacy_scan
 
 from diffuseflow.errors import InputError
 from diffuseflow.io.expt import experiment_to_dict, read_expt
@@ -22,12 +23,8 @@ def to_legacy(doc, tmp_path):
     """The same experiment as an older DIALS would write it: ImageSweep, legacy scan
     encoding, models in separate JSON files referenced by path, no hierarchy."""
     doc = json.loads(json.dumps(doc))
-    scan = doc["scan"][0]
-    props = scan.pop("properties")
-    osc = props["oscillation"]
-    scan["oscillation"] = [osc[0], osc[1] - osc[0]]
-    scan["exposure_time"] = props["exposure_time"]
-    scan["epochs"] = props["epochs"]
+    assert "properties" in doc["scan"][0]
+    legacy_scan(doc["scan"][0])
     doc["imageset"][0]["__id__"] = "ImageSweep"
     del doc["beam"][0]["__id__"]
     doc["detector"][0].pop("hierarchy")

@@ -33,16 +33,21 @@ def filter_options() -> dict:
     return dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"), fletcher32=True)
 
 
-def encode(block: np.ndarray, checksum: bool = True) -> bytes:
+def encode(block: np.ndarray, checksum: bool = True) -> bytearray:
     """One chunk (a whole, contiguous block of the chunk's shape) as the filters store it."""
     flat = np.ascontiguousarray(block).reshape(-1)
     if flat.dtype.kind == "b":
         flat = flat.view(np.uint8)
     payload = bitshuffle.compress_lz4(flat, 0)  # 0: the library's default block size
     block_bytes = _default_block_elements(flat.itemsize) * flat.itemsize
-    stored = _HEADER.pack(flat.nbytes, block_bytes) + payload.tobytes()
+    # one buffer of the stored size, filled in place (no copies of the payload by concatenation)
+    end = _HEADER.size + payload.size
+    stored = bytearray(end + (4 if checksum else 0))
+    _HEADER.pack_into(stored, 0, flat.nbytes, block_bytes)
+    body = np.frombuffer(stored, np.uint8)
+    body[_HEADER.size : end] = payload
     if checksum:
-        stored += int(fletcher32(np.frombuffer(stored, np.uint8))).to_bytes(4, "little")
+        stored[end:] = int(fletcher32(body[:end])).to_bytes(4, "little")
     return stored
 
 
