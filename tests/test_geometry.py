@@ -172,3 +172,25 @@ def test_scan_varying_crystal_interpolates(tmp_path):
     half = rotation_matrices(np.array([0.0, 0.0, 1.0]), 0.3) @ A
     np.testing.assert_allclose(mid_rot, half, atol=1e-12)  # mdx2: rotation interpolation
     assert np.abs(mid_linear - half).max() < 1e-6  # DIALS: linear in A, close for small steps
+
+
+@pytest.mark.parametrize("name", ["insulin", "p212121"])
+@pytest.mark.parametrize("parallax", [True, False])
+@pytest.mark.parametrize("mdx2_compat", [False, True])
+def test_scattering_vector_image_is_the_per_pixel_expression(tmp_path, name, parallax,
+                                                             mdx2_compat):  # fmt: skip
+    """The compiled whole-panel pass gives scattering_vector's numpy values bit for bit (every
+    kernel that reads the planes depends on that), with and without parallax, both pixel
+    conventions, on a tilted panel (p212121) and a flat one."""
+    sim = Simulation(preset(name, nx=613, ny=401, n_frames=2))
+    doc = sim.expt_dict("crystal", "img_#####.cbf")
+    if not parallax:
+        doc["detector"][0]["panels"][0]["px_mm_strategy"] = {"type": "SimplePxMmStrategy"}
+    path = tmp_path / "s.expt"
+    path.write_text(json.dumps(doc))
+    geom = SweepGeometry(read_expt(path), mdx2_compat=mdx2_compat)
+    assert geom.panel.parallax == parallax
+    planes = geom.scattering_vector_image()
+    ny, nx = geom.shape
+    expected = geom.scattering_vector(np.arange(ny)[:, None], np.arange(nx)[None, :])
+    np.testing.assert_array_equal(planes, np.moveaxis(expected, -1, 0))

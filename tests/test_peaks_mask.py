@@ -410,3 +410,42 @@ def test_auto_threshold_is_the_same_in_every_slab_job(insulin_run, tmp_path):
     proc = run_script("find_peaks", geom, data, "--count_threshold", 999, "--gather", *parts,
                       "--outfile", tmp_path / "bad.nxs", check=False)  # fmt: skip
     assert proc.returncode == 2 and "count_threshold" in proc.stderr and "999" in proc.stderr
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3, 4, 16])
+@pytest.mark.parametrize("sigma_cutoff", [3.0, 8.0])
+def test_tiled_mask_kernel_equals_the_pixel_kernel(run, tile, sigma_cutoff):
+    """The block-bounding mask kernel gives peak_mask_exact's mask bit for bit on every frame,
+    for odd and even blocks, blocks cut by the detector edge, and an ellipsoid so wide that
+    few blocks can be skipped; at sigma_cutoff 3 most blocks are skipped (else the bound
+    would be doing nothing)."""
+    from diffuseflow.algorithms.mask import PeakMasker
+    from diffuseflow.geometry.kernels import peak_mask_exact, peak_mask_tiled, pixel_tiles
+
+    model, _, _ = fitted(run)
+    geomfile = GeometryFile(run / "geometry.nxs")
+    with h5py.File(run / "data.nxs") as f:
+        phi = f["entry/image_series/phi"][()]
+        _, ny, nx = f["entry/image_series/data"].shape
+    m = PeakMasker(geomfile, model, sigma_cutoff, False, "full", phi, ny, nx)
+    centre, radius = pixel_tiles(m.q, tile)
+    exact = np.empty((ny, nx), bool)
+    tiled = np.ones((ny, nx), bool)
+    skipped = []
+    for i in range(len(phi)):
+        M = np.ascontiguousarray(m.M[i])
+        peak_mask_exact(m.q, M, m.r0, m.P, m.allowed, m.hmax, m.cutoff2, exact)
+        peak_mask_tiled(m.q, centre, radius, tile, M, m.r0, m.P, m.extent, m.allowed, m.hmax,
+                        m.cutoff2, tiled)  # fmt: skip
+        assert np.array_equal(tiled, exact), f"frame {i}: {np.count_nonzero(tiled != exact)} px"
+        assert exact.any()
+        # the blocks the bound skips (the kernel's test, in numpy) hold no masked pixel
+        c = np.einsum("ab,bij->aij", M, centre) - m.r0[:, None, None]
+        reach = m.extent[:, None, None] + np.linalg.norm(M, axis=1)[:, None, None] * radius
+        far = (np.abs(c - np.rint(c)) > reach + 1e-9).any(axis=0)
+        blocks = np.pad(exact, ((0, -ny % tile), (0, -nx % tile)))
+        assert not blocks.reshape(*far.shape[:1], tile, -1, tile).any(axis=(1, 3))[far].any()
+        skipped.append(far.mean())
+    if sigma_cutoff == 3.0 and tile <= 4:
+        assert np.mean(skipped) > 0.5, skipped  # the bound does its job
+    print(f"{run.name} tile {tile} sigma {sigma_cutoff}: {np.mean(skipped):.1%} blocks skipped")

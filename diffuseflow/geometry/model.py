@@ -17,7 +17,7 @@ import math
 import gemmi
 import numpy as np
 
-from diffuseflow.geometry.kernels import pixel_to_lab
+from diffuseflow.geometry.kernels import pixel_to_lab, scattering_planes
 from diffuseflow.io.expt import Experiment
 
 
@@ -103,19 +103,19 @@ class SweepGeometry:
         s1 = xyz / (np.linalg.norm(xyz, axis=-1, keepdims=True) * self.wavelength)
         return s1 - self.s0
 
-    def scattering_vector_image(self, rows_per_block: int = 64) -> np.ndarray:
-        """s1 - s0 for every pixel of the panel as three planes, shape (3, ny, nx), float64.
+    def scattering_vector_image(self) -> np.ndarray:
+        """s1 - s0 for every pixel of the panel as three planes, shape (3, ny, nx), float64:
+        ``scattering_vector`` of every pixel, bit for bit, in one compiled pass.
 
         Planes (not interleaved xyz) so that the per-pixel kernels read unit-stride rows.
-        Computed a block of rows at a time: temporaries stay in cache and the peak memory is
-        the result plus a few blocks, not several full-detector arrays.
         """
-        ny, nx = self.shape
-        out = np.empty((3, ny, nx))
-        ix = np.arange(nx)[None, :]
-        for y0 in range(0, ny, rows_per_block):
-            iy = np.arange(y0, min(y0 + rows_per_block, ny))[:, None]
-            out[:, y0 : y0 + len(iy)] = np.moveaxis(self.scattering_vector(iy, ix), -1, 0)
+        p = self.panel
+        out = np.empty((3, *self.shape))
+        scattering_planes(
+            self.pixel_offset, p.pixel_size[0], p.pixel_size[1], p.origin, p.fast_axis,
+            p.slow_axis, p.normal, p.parallax, p.mu, p.thickness, self.wavelength,
+            np.asarray(self.s0, float), out,
+        )  # fmt: skip
         return out
 
     # -- rotation ---------------------------------------------------------------------------
