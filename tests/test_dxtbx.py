@@ -177,3 +177,29 @@ def test_mdx2_import_geometry_through_dxtbx_equals_ours(dxtbx_python, tmp_path):
         tol = 5e-4 if name.startswith("entry/corrections/attenuation/signal") else 1e-12
         assert np.max(np.abs(got - want), initial=0) <= tol * scale, name
     assert ours["entry/miller_index/h/signal"].shape == (171, 169, 149)
+
+
+def test_real_diamond_eiger_master_through_dxtbx(dxtbx_python, tmp_path):
+    """The real Diamond I04 NXmx master of an Eiger 2X 16M (Therm_6_2.nxs, its data_000001
+    link rebuilt from the same frame converted to CBF, with the detector's 65535/65534
+    markers): dxtbx 3.11 reads it with its own format class (dxtbx.load: FormatNXmxDLS16M)
+    and gives the frame the built-in reader gives, pixel for pixel, the same 1.25 million
+    markers invalid. The data file is uncompressed: the Debian environment's h5py has no
+    bitshuffle filter (Debian's hdf5-filter-plugin holds only LZ4 and BZip2)."""
+    import fabio
+    from realdata import copy_real, single_image_expt
+
+    master = copy_real("Therm_6_2.nxs", tmp_path)
+    cbf = fabio.open(str(need(REAL / "cbf/dlsnxs2cbf_therm_0001.cbf.gz"))).data
+    frame = np.where(cbf == -1, 65535, np.where(cbf == -2, 65534, cbf)).astype(np.uint16)
+    with h5py.File(tmp_path / "Therm_6_2_000001.h5", "w") as f:
+        f.create_dataset("data", data=frame[None], chunks=(1, 4362, 4148))
+    expt = single_image_expt(
+        tmp_path / "x.expt", str(master), (4148, 4362), 1, (-1, 65535), 0.075, single_file=True
+    )
+    doc = json.loads(expt.read_text())
+    legacy_scan(doc["scan"][0])
+    expt.write_text(json.dumps(doc))
+    ours, theirs = import_both(dxtbx_python, expt, tmp_path, frames=(1, 1))
+    np.testing.assert_array_equal(ours, theirs)
+    assert (ours == -1).sum() == (cbf < 0).sum() == 1253320
