@@ -61,7 +61,8 @@ def ensure_sweep(out: Path, frames: int, bkg_frames: int) -> Path:
     if (d / "truth.json").exists():
         return d
     t = time.perf_counter()
-    write_sweeps(preset("insulin", n_frames=frames, bkg_frames=bkg_frames, seed=9), d, log=None)
+    sweeps = preset("insulin", n_frames=frames, bkg_frames=bkg_frames, seed=9)
+    write_sweeps(sweeps, d, log=None, workers=os.cpu_count() or 1)
     print(f"# simulated {frames}+{bkg_frames} frames in {time.perf_counter() - t:.0f} s")
     return d
 

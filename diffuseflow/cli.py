@@ -8,6 +8,7 @@ argparse's own complaints) into a single ``<prog>: error: <message>`` line and e
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -124,19 +125,27 @@ def check_slab(slab):
     return k, n
 
 
-def positive(flag: str):
-    """argparse type: a number > 0, refused with a one-line error naming ``flag``."""
+def positive(flag: str, allow_zero: bool = False):
+    """argparse type: a finite number > 0 (>= 0 with ``allow_zero``), refused with a one-line
+    error naming ``flag``."""
 
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise InputError(f"{flag} must be a number, is {text!r}") from None
-        if not value > 0:
-            raise InputError(f"{flag} must be > 0, is {value:g}")
+        if not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, is {value:g}")
+        if not (value >= 0 if allow_zero else value > 0):
+            raise InputError(f"{flag} must be {'>=' if allow_zero else '>'} 0, is {value:g}")
         return value
 
     return parse
+
+
+def nonnegative(flag: str):
+    """argparse type: a finite number >= 0."""
+    return positive(flag, allow_zero=True)
 
 
 def set_threads(n: int):

@@ -430,6 +430,8 @@ class Simulation:
                         "oscillation": (p.phi_start + osc * np.arange(n)).tolist(),
                         "exposure_time": [expo] * n,
                         "epochs": (expo * np.arange(n)).tolist(),
+                        # a one-image scan's width cannot come from its angles
+                        **({"oscillation_width": [osc]} if n == 1 else {}),
                     },
                     "valid_image_ranges": {},
                 }
@@ -647,8 +649,13 @@ class Simulation:
         }
 
 
-def write_sweeps(p: Preset, outdir, kinds=("crystal", "background"), log=print) -> dict:
-    """Write ``outdir/<kind>/{sweep.expt, images/...}`` and ``outdir/truth.json``."""
+def write_sweeps(
+    p: Preset, outdir, kinds=("crystal", "background"), log=print, workers: int = 1
+) -> dict:
+    """Write ``outdir/<kind>/{sweep.expt, images/...}`` and ``outdir/truth.json``.
+
+    ``workers`` > 1: CBF and SMV frames are made in that many processes (every frame has its
+    own random stream, so the files are the same as with one)."""
     outdir = Path(outdir)
     sim = Simulation(p)
     ext = {"cbf": "cbf", "smv": "img", "h5": "h5"}[p.image_format]
@@ -663,43 +670,68 @@ def write_sweeps(p: Preset, outdir, kinds=("crystal", "background"), log=print) 
         doc = sim.expt_dict(kind, template)
         expt_path = d / "sweep.expt"
         expt_path.write_text(json.dumps(doc, indent=1))
-        geom = SweepGeometry(read_expt(expt_path))
-        crystal = kind == "crystal"
-        n = p.n_frames if crystal else p.bkg_frames
-        expo = p.exposure if crystal else p.bkg_exposure
-        bkg_counts = sim.background_rate(geom) * expo
-        invalid = sim.invalid_mask()
-        if crystal:
-            sim.prepare(geom)
-        stack = []
-        for i in range(n):
-            counts, _ = sim.frame(kind, i, bkg_counts, invalid)
-            name = str(d / "images" / f"{kind}_{i + 1:05d}.{ext}")
-            if p.image_format == "cbf":
-                hdr = pilatus_header(
-                    exposure=expo,
-                    phi_start=p.phi_start + i * (p.osc if crystal else p.bkg_osc),
-                    phi_width=p.osc if crystal else p.bkg_osc,
-                    wavelength=p.wavelength,
-                    distance_mm=p.distance,
-                    beam_xy_px=(p.beam_centre[0] * p.nx, p.beam_centre[1] * p.ny),
-                    pixel_mm=p.pixel,
-                )
-                write_cbf(name, counts, hdr, p.compress)
-            elif p.image_format == "smv":
-                raw = np.where(counts < 0, 0, np.minimum(counts, 65535)).astype(np.uint16)
-                write_smv(name, raw, {"PIXEL_SIZE": p.pixel, "TIME": expo}, p.compress)
-            else:
-                stack.append(np.where(counts < 0, 2**32 - 1, counts).astype(np.uint32))
-            if log and (i + 1) % 25 == 0:
-                log(f"{kind}: wrote {i + 1} of {n} frames")
-        if p.image_format == "h5":
-            write_eiger(str(d / template), np.stack(stack), pixel_mask=sim.invalid_mask())
+        n = p.n_frames if kind == "crystal" else p.bkg_frames
+        if workers > 1 and p.image_format != "h5" and n >= 2 * workers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the parent's numba thread pool does not survive a fork
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                jobs = [(p, d, kind, list(range(k, n, workers))) for k in range(workers)]
+                list(pool.map(_write_frames_job, jobs))
+            if log:
+                log(f"{kind}: wrote {n} frames in {workers} processes")
+        else:
+            _write_frames(sim, d, kind, range(n), log)
         written[kind] = str(expt_path)
     truth = sim.truth()
     (outdir / "truth.json").write_text(json.dumps(truth, indent=1))
     written["truth"] = str(outdir / "truth.json")
     return written
+
+
+def _write_frames_job(job):
+    p, d, kind, frames = job
+    _write_frames(Simulation(p), d, kind, frames, None)
+
+
+def _write_frames(sim: Simulation, d: Path, kind: str, frames, log):
+    """Frames ``frames`` of one sweep as image files (all of them for HDF5) under ``d``."""
+    p = sim.p
+    ext = {"cbf": "cbf", "smv": "img", "h5": "h5"}[p.image_format]
+    geom = SweepGeometry(read_expt(d / "sweep.expt"))
+    crystal = kind == "crystal"
+    n = p.n_frames if crystal else p.bkg_frames
+    expo = p.exposure if crystal else p.bkg_exposure
+    bkg_counts = sim.background_rate(geom) * expo
+    invalid = sim.invalid_mask()
+    if crystal:
+        sim.prepare(geom)
+    stack = []
+    for i in frames:
+        counts, _ = sim.frame(kind, i, bkg_counts, invalid)
+        name = str(d / "images" / f"{kind}_{i + 1:05d}.{ext}")
+        if p.image_format == "cbf":
+            hdr = pilatus_header(
+                exposure=expo,
+                phi_start=p.phi_start + i * (p.osc if crystal else p.bkg_osc),
+                phi_width=p.osc if crystal else p.bkg_osc,
+                wavelength=p.wavelength,
+                distance_mm=p.distance,
+                beam_xy_px=(p.beam_centre[0] * p.nx, p.beam_centre[1] * p.ny),
+                pixel_mm=p.pixel,
+            )
+            write_cbf(name, counts, hdr, p.compress)
+        elif p.image_format == "smv":
+            raw = np.where(counts < 0, 0, np.minimum(counts, 65535)).astype(np.uint16)
+            write_smv(name, raw, {"PIXEL_SIZE": p.pixel, "TIME": expo}, p.compress)
+        else:
+            stack.append(np.where(counts < 0, 2**32 - 1, counts).astype(np.uint32))
+        if log and (i + 1) % 25 == 0:
+            log(f"{kind}: wrote {i + 1} of {n} frames")
+    if p.image_format == "h5":
+        write_eiger(str(d / f"images/{kind}_master.h5"), np.stack(stack), pixel_mask=invalid)
 
 
 def load_simulation(truth_path) -> Simulation:

@@ -19,6 +19,7 @@ from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.algorithms.peaks import (
     HotPixels,
     fit_hot_pixels,
+    listed_hot_pixels,
     read_hot_pixels,
     search_hot_pixels,
     suggest_threshold,
@@ -112,7 +113,15 @@ def main(argv):
             if threshold == "auto":  # needs the background level before the search
                 threshold = suggest_threshold(series, pool=pool)["threshold"]
                 cli.log(f"count_threshold auto: {threshold:g}")
-            hot = search_hot_pixels(series, threshold, a.frames, pool, log=cli.log)
+            hot, why_not = listed_hot_pixels(series, threshold, a.frames)
+            if hot is None:
+                cli.log(f"{why_not}: searching the stack (a pass over every frame)")
+                hot = search_hot_pixels(series, threshold, a.frames, pool, log=cli.log)
+            else:
+                cli.log(
+                    f"{len(hot.frame)} pixels above {threshold:g} from the import's strong-pixel "
+                    "list (no pass over the stack)"
+                )
     inputs = [a.geom, a.data, *(a.gather or [])]
     if a.frames:
         params = {"count_threshold": threshold, "frames": list(a.frames), "slab": a.slab}

@@ -11,10 +11,16 @@ file), then one run with --gather PART ... assembles them; the result equals a s
 """
 
 from diffuseflow import cli
-from diffuseflow.algorithms.importing import geometry_summary, write_data
+from diffuseflow.algorithms.importing import DEFAULT_STRONG_FLOOR, geometry_summary, write_data
 from diffuseflow.io import nexus
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.images import parse_untrusted
+
+
+def floor_arg(text):
+    if text.lower() == "none":
+        return None
+    return cli.nonnegative("--strong_pixel_floor")(text)
 
 
 def main(argv):
@@ -57,6 +63,15 @@ def main(argv):
         help="codec of the stack: bslz4 (bitshuffle/LZ4; readers need hdf5plugin) or gzip "
         "(+ shuffle; any HDF5 reader) (default: %(default)s)",
     )
+    p.add_argument(
+        "--strong_pixel_floor",
+        type=floor_arg,
+        default=DEFAULT_STRONG_FLOOR,
+        help="list every valid pixel above this many counts (the floor rises per frame where "
+        "more than 0.2 %% of its pixels lie above it) for find_peaks, which then needs no "
+        "second pass over the stack for a count_threshold at or above it; 'none': no list "
+        "(a background sweep) (default: %(default)g)",
+    )
     p.add_argument("--outfile", default="data.nxs", help="output file")
     cli.add_slab(p, "read")
     cli.add_gather(p)
@@ -82,6 +97,7 @@ def main(argv):
         job=job,
         threshold_channel=a.threshold_channel,
         compression=a.compression,
+        strong_floor=a.strong_pixel_floor,
     )
 
 

@@ -35,7 +35,15 @@ def main(argv):
         help="image format; default: the preset's",
     )
     p.add_argument("--compress", choices=["bz2", "gz"], help="compress each image; default: no")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes making the CBF/SMV frames (the files do not depend on it)",
+    )
     a = p.parse_args(argv)
+    if a.nproc < 1:
+        raise InputError(f"--nproc must be >= 1, is {a.nproc}")
     over = {"seed": a.seed}
     if a.size:
         if min(a.size) < 16:
@@ -47,7 +55,7 @@ def main(argv):
             over[key] = val
     if over.get("n_frames", 1) < 1 or over.get("bkg_frames", 1) < 1:
         raise InputError("--frames and --bkg_frames must be >= 1")
-    written = write_sweeps(preset(a.preset, **over), a.outdir, log=cli.log)
+    written = write_sweeps(preset(a.preset, **over), a.outdir, log=cli.log, workers=a.nproc)
     for k, v in written.items():
         cli.log(f"{k}: {v}")
 

@@ -93,6 +93,8 @@ CASES = [
     ("data-read-only-dir", lambda a, b, t: ("import_data", a / "crystal/sweep.expt", "--outfile", "/sys/x/data.nxs"), ["/sys/x/data.nxs", "cannot create its folder"]),
     ("data-h5-no-data-file", lambda a, b, t: ("import_data", need(REAL / "expt/vmxi_experiments_0.expt")), ["image_17578_master.h5", "not found"]),
     ("data-bad-nproc", lambda a, b, t: ("import_data", a / "crystal/sweep.expt", "--nproc", 0), ["--nproc"]),
+    ("data-negative-floor", lambda a, b, t: ("import_data", a / "crystal/sweep.expt", "--strong_pixel_floor", -1), ["--strong_pixel_floor", ">= 0", "-1"]),
+    ("data-floor-not-a-number", lambda a, b, t: ("import_data", a / "crystal/sweep.expt", "--strong_pixel_floor", "ten"), ["--strong_pixel_floor", "'ten'"]),
     # -- find_peaks -----------------------------------------------------------------------
     ("peaks-no-geometry", lambda a, b, t: ("find_peaks", t / "g.nxs", a / "data.nxs", "--count_threshold", 20), ["g.nxs", "no such file"]),
     ("peaks-data-not-hdf5", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "crystal/sweep.expt", "--count_threshold", 20), ["sweep.expt", "not an HDF5"]),
@@ -105,7 +107,9 @@ CASES = [
     ("peaks-threshold-too-high", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs", "--count_threshold", 1e9), ["data.nxs", "no pixel above count_threshold"]),
     ("peaks-sigma-tiny", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs", "--count_threshold", 20, "--sigma_cutoff", 0.01), ["sigma_cutoff 0.01", "rejects", "raise sigma_cutoff"]),
     ("peaks-sigma-negative", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs", "--count_threshold", 20, "--sigma_cutoff", -1), ["--sigma_cutoff", "> 0"]),
-    ("peaks-corrupt-chunk", lambda a, b, t: ("find_peaks", a / "geometry.nxs", _corrupt(a / "data.nxs", t), "--count_threshold", 20), ["data.nxs", "corrupt"]),
+    # below the strong-pixel floor find_peaks reads the stack (above it, it reads only the list
+    # made at import from the sound data; integrate then meets the damaged chunk, below)
+    ("peaks-corrupt-chunk", lambda a, b, t: ("find_peaks", a / "geometry.nxs", _corrupt(a / "data.nxs", t), "--count_threshold", 5), ["data.nxs", "corrupt"]),
     ("peaks-read-only-dir", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs", "--count_threshold", 20, "--outfile", "/sys/peaks.nxs"), ["/sys/peaks.nxs", "cannot write"]),
     ("peaks-no-threshold", lambda a, b, t: ("find_peaks", a / "geometry.nxs", a / "data.nxs"), ["--count_threshold is required"]),
     # -- mask_peaks -----------------------------------------------------------------------

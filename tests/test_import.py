@@ -10,12 +10,24 @@ import numpy as np
 import pytest
 from conftest import SCRIPTS, run_script
 
+from diffuseflow.io import strong
 from diffuseflow.io.expt import read_expt
 from diffuseflow.io.images import FrameReader, parse_untrusted
 from diffuseflow.io.nexus import provenance
 from diffuseflow.simulate import Simulation, preset, write_sweeps
 
 SMALL = dict(nx=520, ny=420, n_frames=5, bkg_frames=1, seed=11)
+
+
+def test_simulated_frames_do_not_depend_on_the_number_of_processes(tmp_path):
+    """Every frame has its own random stream: two worker processes write the same files."""
+    p = preset("insulin", **SMALL)
+    for workers in (1, 2):
+        write_sweeps(p, tmp_path / str(workers), log=None, workers=workers)
+    files = sorted(q.relative_to(tmp_path / "1") for q in (tmp_path / "1").rglob("*.cbf"))
+    assert len(files) == p.n_frames + p.bkg_frames
+    for rel in files:
+        assert (tmp_path / "1" / rel).read_bytes() == (tmp_path / "2" / rel).read_bytes(), rel
 
 
 @pytest.mark.parametrize(
@@ -312,6 +324,16 @@ def test_slab_jobs_then_gather_equal_a_single_import(insulin_run, tmp_path):
         assert not changed, f"chunks recompressed by the gather: {changed}"
         assert "gathered from 4 slab jobs" in b.attrs["diffuseflow_program"]
         assert "diffuseflow_partial_frames" not in b.attrs
+        assert_same_strong_pixels(a, b)
+
+
+def assert_same_strong_pixels(a: h5py.File, b: h5py.File):
+    """The import's strong-pixel lists (io.strong) of two data.nxs files hold the same rows,
+    per-frame floors, valid-pixel counts and histograms."""
+    ga, gb = a[strong.GROUP], b[strong.GROUP]
+    for key in (*strong.COLUMNS, "first", "floor", "n_valid", "histogram", "histogram_frames"):
+        np.testing.assert_array_equal(ga[key][()], gb[key][()], err_msg=key)
+    assert len(ga["frame"]) > 1000 and np.isfinite(ga["floor"][()]).all()
 
 
 def test_more_slab_jobs_than_chunks(insulin_run, tmp_path):
@@ -325,6 +347,9 @@ def test_more_slab_jobs_than_chunks(insulin_run, tmp_path):
         np.testing.assert_array_equal(
             a["entry/image_series/data"][()], b["entry/image_series/data"][()]
         )
+    run_script("import_data", expt, "--chunks", 10, 0, 0, "--outfile", tmp_path / "one.nxs")
+    with h5py.File(tmp_path / "all.nxs") as b, h5py.File(tmp_path / "one.nxs") as a:
+        assert_same_strong_pixels(a, b)
 
 
 def test_gather_refuses_incomplete_or_foreign_parts(insulin_run, tmp_path):

@@ -86,6 +86,13 @@ CORRECT = ("correct", *MERGE)
             [4, 20, 20],
             {"bin_background", "qc_background", "qc_dataset", *CORRECT},
         ),
+        # the crystal sweep's import and all after it; the background's import has no list
+        (
+            "import",
+            "strong_pixel_floor",
+            5,
+            {"import_data", "find_peaks", "mask_peaks", "qc_dataset", "integrate", *CORRECT},
+        ),
         ("integrate", "subdivide", [2, 2, 2], {"integrate", *CORRECT}),
         ("correct", "p1", True, set(CORRECT)),
         ("merge", "seed", 1, set(MERGE)),

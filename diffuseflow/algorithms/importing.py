@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from diffuseflow.algorithms.peaks import HIST_BINS, HIST_STRIDE, STRONG_FRACTION, scan_frame_strong
 from diffuseflow.errors import InputError
 from diffuseflow.geometry.model import (
     SweepGeometry,
@@ -20,11 +21,16 @@ from diffuseflow.geometry.symmetry import space_group_from_hall, symmetry_fields
 from diffuseflow.io import nexus
 from diffuseflow.io.expt import Experiment, experiment_from_text, experiment_to_dict
 from diffuseflow.io.images import Region, count_invalid, frame_reader
+from diffuseflow.io.strong import StrongPixelWriter
 
 #: keep one slab of frames (the unit of work) under this many bytes by default
 SLAB_BYTES = 256 * 2**20
 #: mdx2's default (y, x) chunk: one Pilatus module plus its gaps
 DEFAULT_TILE = (212, 494)
+
+#: the import lists every pixel above this many counts for find_peaks (config
+#: import.strong_pixel_floor): a count_threshold at or above it never decodes the stack again
+DEFAULT_STRONG_FLOOR = 10.0
 
 CONVENTION_CENTRE = "pixel_centre"
 CONVENTION_CORNER = "pixel_corner_mdx2"
@@ -228,8 +234,14 @@ def write_data(
     job: tuple[int, int] | None = None,
     threshold_channel: int = 1,
     compression: str = nexus.CODECS[0],
+    strong_floor: float | None = DEFAULT_STRONG_FLOOR,
 ):
     """Stream the sweep's frames into an int32 image series, slab by slab (-1 = invalid).
+
+    In the same pass every frame's valid pixels above ``strong_floor`` (raised per frame where
+    more than STRONG_FRACTION of them lie above it) and its value histogram are listed in
+    /entry/diffuseflow_strong (``io.strong``), which find_peaks reads instead of the stack
+    (``strong_floor`` None: no list, e.g. for a background sweep).
 
     job = (k, n): slab job k of n writes only its own frames' chunks into the full-shape stack
     (a partial file, assembled by ``nexus.gather_partials``)."""
@@ -253,6 +265,7 @@ def write_data(
         reader=reader,
         threshold_channel=threshold_channel,
         compression=compression,
+        strong_pixel_floor=strong_floor,
         experiment=expt.index,
         frames=list(expt.scan.image_range),
     )
@@ -279,6 +292,20 @@ def write_data(
                 g, "data", (n, ny, nx), np.int32, chunks, codec=compression, fill=-1
             )
             writer = nexus.StackWriter(dset, threads=nproc)
+            listed = None
+            if strong_floor is not None:
+                listed = StrongPixelWriter(
+                    f["entry"],
+                    n,
+                    nexus.slab_bounds(n, chunks[0]),
+                    HIST_BINS,
+                    {
+                        "requested_floor": float(strong_floor),
+                        "max_fraction": STRONG_FRACTION,
+                        "histogram_stride": HIST_STRIDE,
+                    },
+                    compression,
+                )
             # one slab buffer for the whole sweep: a fresh slab (up to 256 MB) per batch pays
             # its page faults again each time, ~40 % of an Eiger frame's read (the writer is
             # done with a slab when write returns)
@@ -288,11 +315,30 @@ def write_data(
                     slab = buffer[: stop - start]
 
                     def load(i, slab=slab, start=start):
-                        return count_invalid(frames.read(i, out=slab[i - start]))
+                        frame = frames.read(i, out=slab[i - start])
+                        if listed is None:
+                            return None, frame.size - count_invalid(frame), None, None
+                        # the strong-pixel search runs while the frame is in cache
+                        return scan_frame_strong(frame, strong_floor)
 
-                    invalid = sum(pool.map(load, range(start, stop)))
+                    scans = list(pool.map(load, range(start, stop)))
                     writer.write(start, slab)
-                    log(f"frames {start} to {stop - 1}: {invalid} invalid px")
+                    invalid = slab.size - sum(s[1] for s in scans)
+                    if listed is None:
+                        log(f"frames {start} to {stop - 1}: {invalid} invalid px")
+                        continue
+                    hist = np.zeros(HIST_BINS, np.int64)
+                    for i, (floor, n_valid, cols, frame_hist) in enumerate(scans, start):
+                        listed.add_frame(i, floor, n_valid, *cols)
+                        hist += frame_hist
+                    listed.add_histogram(start, stop, hist)
+                    n_strong = sum(len(s[2][0]) for s in scans)
+                    log(
+                        f"frames {start} to {stop - 1}: {invalid} invalid px, {n_strong} strong "
+                        f"px (floor {max(s[0] for s in scans):g})"
+                    )
+                if listed is not None:
+                    listed.close(dset)
             finally:
                 writer.close()
     return chunks

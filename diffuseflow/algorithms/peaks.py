@@ -15,7 +15,7 @@ from numba import njit
 
 from diffuseflow.errors import InputError
 from diffuseflow.geometry.kernels import interpolate_grid
-from diffuseflow.io import nexus
+from diffuseflow.io import nexus, strong
 
 
 @dataclass
@@ -110,6 +110,87 @@ def scan_slab(slab: np.ndarray, start: int, threshold: float, hist: np.ndarray):
     return (f + start, y, x), n_valid
 
 
+#: the import lists at most about this fraction of a frame's valid pixels as strong pixels;
+#: where more lie above the requested floor (a CCD's counts in ADU), that frame's floor rises
+STRONG_FRACTION = 0.002
+
+
+@njit(cache=True, nogil=True)
+def _strong_floor(hist, n_sampled, floor, fraction):
+    """The lowest value >= floor above which at most ``fraction`` of the sampled pixels lie."""
+    allowed = fraction * n_sampled
+    above = 0
+    v = hist.shape[0] - 1
+    while v >= 0:
+        if above + hist[v] > allowed:
+            break
+        above += hist[v]
+        v -= 1
+    return max(floor, float(v))
+
+
+@njit(cache=True, nogil=True)
+def _scan_frame(frame, floor, fraction, hist, ys, xs, cs):
+    """One frame for the import: the sampled histogram (as ``_scan``), the frame's floor, the
+    pixels above it into (ys, xs, cs) while they fit. Returns (floor, n_valid, n_strong)."""
+    top = hist.shape[0] - 1
+    n_sampled = 0
+    for y in range(frame.shape[0]):
+        row = frame[y]
+        for x in range(0, row.shape[0], HIST_STRIDE):
+            v = row[x]
+            if v >= 0:
+                hist[min(v, top)] += 1
+                n_sampled += 1
+    t = _strong_floor(hist, n_sampled, floor, fraction)
+    cap = ys.shape[0]
+    n_valid = 0
+    n = 0
+    for y in range(frame.shape[0]):
+        row = frame[y]
+        for x in range(row.shape[0]):
+            v = row[x]
+            if v < 0:
+                continue
+            n_valid += 1
+            if v > t:
+                if n < cap:
+                    ys[n] = y
+                    xs[n] = x
+                    cs[n] = v
+                n += 1
+    return t, n_valid, n
+
+
+@njit(cache=True, nogil=True)
+def _strong_all(frame, t, n):
+    ys = np.empty(n, np.int32)
+    xs = np.empty(n, np.int32)
+    cs = np.empty(n, np.int32)
+    k = 0
+    for y in range(frame.shape[0]):
+        for x in range(frame.shape[1]):
+            if frame[y, x] > t:
+                ys[k] = y
+                xs[k] = x
+                cs[k] = frame[y, x]
+                k += 1
+    return ys, xs, cs
+
+
+def scan_frame_strong(frame: np.ndarray, floor: float, fraction: float = STRONG_FRACTION):
+    """The import's pass over one int32 frame (-1 = invalid): its sampled value histogram,
+    its floor (``floor``, raised where more than ``fraction`` of the pixels lie above it) and
+    every valid pixel above that floor (iy, ix, counts in C order). Returns
+    (floor, n_valid, (iy, ix, counts), histogram)."""
+    hist = np.zeros(HIST_BINS, np.int64)
+    cap = max(1024, int(frame.size * fraction * 2))
+    bufs = [np.empty(cap, np.int32) for _ in range(3)]
+    t, n_valid, n = _scan_frame(frame, float(floor), fraction, hist, *bufs)
+    cols = tuple(b[:n] for b in bufs) if n <= cap else _strong_all(frame, t, n)
+    return t, n_valid, cols, hist
+
+
 def histogram_stats(hist: np.ndarray) -> dict:
     """Median and percentiles of the valid counts from their histogram, and the threshold
     suggestion: 10 x the median (the mdx2 tutorial's rule of thumb), at least 10 counts."""
@@ -177,14 +258,28 @@ def points_hkl(geomfile, mdx2_compat: bool, phi, iy, ix) -> np.ndarray:
     return out
 
 
+def _sample_slabs(n_slabs: int, max_slabs: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n_slabs - 1, min(n_slabs, max_slabs)).round()).astype(int)
+
+
 def suggest_threshold(series, max_slabs: int = 3, pool=None) -> dict:
-    """Background statistics from a few slabs spread over the sweep (for ``auto``)."""
+    """Background statistics from a few slabs spread over the sweep (for ``auto``): from the
+    import's histograms of those slabs when data.nxs has them, else by reading the slabs."""
     slabs = series.slabs()
-    picks = np.unique(np.linspace(0, len(slabs) - 1, min(len(slabs), max_slabs)).round())
+    picks = _sample_slabs(len(slabs), max_slabs)
     hist = np.zeros(HIST_BINS, np.int64)
-    empty = np.empty(0, np.int64)
-    for k in picks.astype(int):
-        _scan(series.read(*slabs[k], pool), np.inf, hist, empty, empty, empty)
+    f = series.file
+    listed = (
+        strong.has_strong_pixels(f)
+        and [tuple(r) for r in f[strong.GROUP]["histogram_frames"][()]] == [tuple(b) for b in slabs]
+        and strong.is_current(f, series.data)
+    )
+    if listed:
+        hist = strong.read_histogram(f, picks)
+    else:
+        empty = np.empty(0, np.int64)
+        for k in picks:
+            _scan(series.read(*slabs[k], pool), np.inf, hist, empty, empty, empty)
     if hist.sum() == 0:
         raise InputError(f"{series.path}: every pixel of the sampled frames is invalid (-1)")
     return histogram_stats(hist)
@@ -247,6 +342,42 @@ def search_hot_pixels(series, count_threshold, frame_range=None, pool=None, log=
     rng = frame_range or (0, series.shape[0])
     f, y, x = (np.concatenate(a) if a else np.empty(0, np.int64) for a in (frames, ys, xs))
     return HotPixels(f, y, x, n_valid, hist, float(count_threshold), tuple(rng))
+
+
+def listed_hot_pixels(series, count_threshold, frame_range=None):
+    """The search's result from the import's strong-pixel list, without decoding the stack:
+    (HotPixels, None), equal to ``search_hot_pixels``; or (None, why) where the list cannot
+    stand in for the search (none in the file, or count_threshold below its floor)."""
+    f = series.file
+    if not strong.has_strong_pixels(f):
+        return None, f"{series.path} has no strong-pixel list (mdx2's, or an older import)"
+    if not strong.is_current(f, series.data):
+        return None, (
+            f"{series.path}: its stack was rewritten after the import listed its strong pixels"
+        )
+    start, stop = frame_range or (0, series.shape[0])
+    floors = f[strong.GROUP]["floor"][start:stop]
+    if np.isnan(floors).any():
+        return None, f"{series.path}: its strong-pixel list misses frames of {start}-{stop - 1}"
+    floor = float(floors.max()) if len(floors) else 0.0
+    if count_threshold < floor:
+        return None, (
+            f"count_threshold {count_threshold:g} is below the strong-pixel floor {floor:g} "
+            "recorded at import"
+        )
+    if strong.histogram_rows(f, start, stop) is None:
+        return None, f"frames {start}-{stop - 1} are not whole chunks of {series.path}"
+    listed = strong.read_strong_pixels(f, start, stop, min_counts=count_threshold)
+    hot = HotPixels(
+        listed.frame,
+        listed.iy,
+        listed.ix,
+        listed.n_valid,
+        listed.histogram,
+        float(count_threshold),
+        (start, stop),
+    )
+    return hot, None
 
 
 @dataclass

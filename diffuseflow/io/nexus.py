@@ -27,7 +27,7 @@ import numpy as np
 
 from diffuseflow import MDX2_VERSION, __version__
 from diffuseflow.errors import InputError
-from diffuseflow.io import bslz4
+from diffuseflow.io import bslz4, strong
 from diffuseflow.io.shuffle import shuffle_chunk, unshuffle_chunk_into
 
 try:  # ISA-L writes and reads the same zlib streams as zlib, 3-6x faster
@@ -618,7 +618,14 @@ def gather_partials(parts, outfile, expect: dict | None = None):
                 )
                 out.attrs["diffuseflow_parts"] = json.dumps(describe_inputs(parts))
                 for key in src:
-                    src.copy(src[key], out, name=key)
+                    if key != "entry":
+                        src.copy(src[key], out, name=key)
+                entry = out.create_group("entry")
+                for k, v in src["entry"].attrs.items():
+                    entry.attrs[k] = v
+                for key in src["entry"]:  # the strong-pixel lists are joined, not copied
+                    if f"entry/{key}" != strong.GROUP:
+                        src.copy(src["entry"][key], entry, name=key)
                 dst = out[stack]
                 for f in opened[1:]:
                     d = f[stack]
@@ -626,6 +633,8 @@ def gather_partials(parts, outfile, expect: dict | None = None):
                         offset = d.id.get_chunk_info(i).chunk_offset
                         mask, data = d.id.read_direct_chunk(offset)
                         dst.id.write_direct_chunk(offset, data, mask)
+                # after the chunks: the list records the gathered stack's chunk layout
+                strong.gather_strong_pixels(opened, out["entry"], stack_codec(first) or "gzip", dst)
                 counts = "entry/diffuseflow_mask/masked_pixels"
                 if counts in out:
                     out[counts][...] = np.sum([f[counts][()] for f in opened], axis=0)

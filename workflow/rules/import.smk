@@ -46,12 +46,19 @@ rule import_slab:
         untrusted=lambda wc: untrusted_args(wc.sweep),
         reader=lambda wc: setting(wc.sweep, "import", "reader"),
         compression=lambda wc: setting(wc.sweep, "import", "compression"),
+        # a background sweep is never searched for peaks: no strong-pixel list
+        floor=lambda wc: (
+            "none"
+            if wc.stem == "bkg_data"
+            else setting(wc.sweep, "import", "strong_pixel_floor")
+        ),
         channel=lambda wc: setting(wc.sweep, "import", "threshold_channel"),
         select=lambda wc: selection_args(wc.sweep),
         slabs=lambda wc: n_slabs(wc.sweep),
     shell:
         "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
         "{params.untrusted} --reader {params.reader} --compression {params.compression} "
+        "--strong_pixel_floor {params.floor} "
         "--threshold_channel {params.channel} --slab {wildcards.slab} {params.slabs} --nproc {threads} "
         "--outfile {output:q} > {log:q} 2>&1"
 
@@ -80,12 +87,14 @@ rule import_data:
         untrusted=lambda wc: untrusted_args(wc.dataset),
         reader=lambda wc: setting(wc.dataset, "import", "reader"),
         compression=lambda wc: setting(wc.dataset, "import", "compression"),
+        floor=lambda wc: setting(wc.dataset, "import", "strong_pixel_floor"),
         channel=lambda wc: setting(wc.dataset, "import", "threshold_channel"),
         select=lambda wc: selection_args(wc.dataset),
         gather=lambda wc, input: gather_args(input.parts),
     shell:
         "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
         "{params.untrusted} --reader {params.reader} --compression {params.compression} "
+        "--strong_pixel_floor {params.floor} "
         "--threshold_channel {params.channel} {params.gather} "
         "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"
@@ -120,6 +129,7 @@ rule import_background:
     shell:
         "python {input.script:q} {input.expt:q} {params.select} --chunks {params.chunks} "
         "{params.untrusted} --reader {params.reader} --compression {params.compression} "
+        "--strong_pixel_floor none "
         "--threshold_channel {params.channel} {params.gather} "
         "--nproc {threads} --outfile {output:q} "
         "> {log:q} 2>&1"

@@ -20,4 +20,4 @@ rule simulate_sweeps:
         args=lambda wc: simulation_args(wc.sim),
     shell:
         "python {input.script:q} resources/simulated/{wildcards.sim} "
-        "{params.args} > {log} 2>&1"
+        "{params.args} --nproc {threads} > {log} 2>&1"
