@@ -66,7 +66,7 @@ def run_snakemake(wd: Path, cfg: dict, cores: int) -> float:
     targets += ["results/bench_bkg/bkg_data.nxs", "results/bench_bkg/bkg_data_binned.nxs"]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(wd), "--configfile", str(wd / "config.yaml"),
-           "--cores", str(cores), "--quiet", "rules", *targets]  # fmt: skip
+           "--cores", str(cores), *targets]  # fmt: skip
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     secs = time.perf_counter() - t

@@ -129,9 +129,17 @@ def test_the_floor_rises_where_too_many_pixels_are_bright():
     quiet[rng.integers(0, 700, 300), rng.integers(0, 900, 300)] = 50
     floor, _, (iy, ix, counts), _ = scan_frame_strong(quiet, 10.0)
     assert floor == 10.0 and (counts > 10).all() and len(iy) == int((quiet > 10).sum())
-    # more listed pixels than the first buffer holds: the exact second pass
-    floor, _, (iy, _, _), _ = scan_frame_strong(quiet, 0.0, fraction=0.9)
-    assert floor == 0.0 and len(iy) == int((quiet > 0).sum())
+    # 0.3 % bright pixels: more than the fraction, fewer than the first pass holds; the
+    # floor rises and the pixels above it are picked from those found
+    bright = quiet.copy()
+    pick = rng.choice(bright.size, int(0.003 * bright.size), replace=False)
+    bright.reshape(-1)[pick] = rng.integers(20, 400, len(pick))
+    floor, _, (iy, ix, counts), _ = scan_frame_strong(bright, 10.0)
+    assert floor > 20
+    want_y, want_x = np.nonzero(bright > floor)
+    np.testing.assert_array_equal(iy, want_y)
+    np.testing.assert_array_equal(ix, want_x)
+    np.testing.assert_array_equal(counts, bright[want_y, want_x])
 
 
 def test_a_slab_job_lists_only_its_frames(insulin_run, tmp_path):

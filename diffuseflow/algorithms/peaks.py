@@ -130,11 +130,15 @@ def _strong_floor(hist, n_sampled, floor, fraction):
 
 
 @njit(cache=True, nogil=True)
-def _scan_frame(frame, floor, fraction, hist, ys, xs, cs):
-    """One frame for the import: the sampled histogram (as ``_scan``), the frame's floor, the
-    pixels above it into (ys, xs, cs) while they fit. Returns (floor, n_valid, n_strong)."""
+def _scan_frame(frame, floor, hist, ys, xs, cs):
+    """One pass over a frame for the import: per row (while it is in L1) the sampled
+    histogram (as ``_scan``), then the valid pixels, those above ``floor`` into (ys, xs, cs)
+    while they fit. Returns (n_sampled, n_valid, n_above)."""
     top = hist.shape[0] - 1
+    cap = ys.shape[0]
     n_sampled = 0
+    n_valid = 0
+    n = 0
     for y in range(frame.shape[0]):
         row = frame[y]
         for x in range(0, row.shape[0], HIST_STRIDE):
@@ -142,28 +146,31 @@ def _scan_frame(frame, floor, fraction, hist, ys, xs, cs):
             if v >= 0:
                 hist[min(v, top)] += 1
                 n_sampled += 1
-    t = _strong_floor(hist, n_sampled, floor, fraction)
-    cap = ys.shape[0]
-    n_valid = 0
-    n = 0
-    for y in range(frame.shape[0]):
-        row = frame[y]
+        # the valid count and the row's maximum vectorise; the rare rows with a pixel above
+        # the floor are then walked pixel by pixel
+        top_value = -1
         for x in range(row.shape[0]):
             v = row[x]
-            if v < 0:
-                continue
-            n_valid += 1
-            if v > t:
-                if n < cap:
-                    ys[n] = y
-                    xs[n] = x
-                    cs[n] = v
-                n += 1
-    return t, n_valid, n
+            n_valid += v >= 0
+            top_value = max(top_value, v)
+        if top_value > floor:
+            for x in range(row.shape[0]):
+                v = row[x]
+                if v > floor:
+                    if n < cap:
+                        ys[n] = y
+                        xs[n] = x
+                        cs[n] = v
+                    n += 1
+    return n_sampled, n_valid, n
 
 
 @njit(cache=True, nogil=True)
-def _strong_all(frame, t, n):
+def _strong_all(frame, t):
+    n = 0
+    for y in range(frame.shape[0]):
+        for x in range(frame.shape[1]):
+            n += frame[y, x] > t
     ys = np.empty(n, np.int32)
     xs = np.empty(n, np.int32)
     cs = np.empty(n, np.int32)
@@ -180,14 +187,22 @@ def _strong_all(frame, t, n):
 
 def scan_frame_strong(frame: np.ndarray, floor: float, fraction: float = STRONG_FRACTION):
     """The import's pass over one int32 frame (-1 = invalid): its sampled value histogram,
-    its floor (``floor``, raised where more than ``fraction`` of the pixels lie above it) and
-    every valid pixel above that floor (iy, ix, counts in C order). Returns
-    (floor, n_valid, (iy, ix, counts), histogram)."""
+    its floor (``floor``, raised where more than ``fraction`` of the sampled pixels lie above
+    it) and every valid pixel above that floor (iy, ix, counts in C order). Returns
+    (floor, n_valid, (iy, ix, counts), histogram). One pass where the floor stands (photon
+    counting); where it rises (a CCD's counts in ADU) the pixels above the new floor are
+    picked from those found, or found in two more passes if they did not fit."""
     hist = np.zeros(HIST_BINS, np.int64)
     cap = max(1024, int(frame.size * fraction * 2))
     bufs = [np.empty(cap, np.int32) for _ in range(3)]
-    t, n_valid, n = _scan_frame(frame, float(floor), fraction, hist, *bufs)
-    cols = tuple(b[:n] for b in bufs) if n <= cap else _strong_all(frame, t, n)
+    n_sampled, n_valid, n = _scan_frame(frame, float(floor), hist, *bufs)
+    t = _strong_floor(hist, n_sampled, float(floor), fraction)
+    if n > cap:
+        return t, n_valid, _strong_all(frame, t), hist
+    cols = tuple(b[:n].copy() for b in bufs)  # not views: each would keep its buffer alive
+    if t > floor:
+        keep = cols[2] > t
+        cols = tuple(c[keep] for c in cols)
     return t, n_valid, cols, hist
 
 
