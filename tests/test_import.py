@@ -231,7 +231,8 @@ def test_unknown_image_format(small_sweep):
 COMPAT_TOOLS = {
     "import_geometry", "find_peaks", "mask_peaks", "integrate", "correct", "merge", "map",
 }  # fmt: skip
-NPROC_TOOLS = {"import_data", "find_peaks", "mask_peaks", "bin_image_series", "integrate"}
+NPROC_TOOLS = {"import_data", "find_peaks", "mask_peaks", "bin_image_series", "integrate",
+               "simulate_sweep"}  # fmt: skip
 
 
 @pytest.mark.parametrize("script", sorted(p.stem for p in SCRIPTS.glob("*.py")))
