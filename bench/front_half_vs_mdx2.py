@@ -28,20 +28,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' legacy-scan conversion
 from dxtbx_env import available, ensure_dxtbx_python  # noqa: E402
-from throughput import SCRIPTS, ensure_sweep, measured  # noqa: E402
+from realdata import legacy_scan  # noqa: E402
+from throughput import SCRIPTS, ensure_sweep, measured, print_table  # noqa: E402
 
 
 def legacy_copy(expt: Path, dst: Path) -> Path:
     """The .expt with its scan in the legacy encoding and an absolute image template."""
     doc = json.loads(expt.read_text())
     for scan in doc["scan"]:
-        props = scan.pop("properties", None)
-        if props:
-            osc = props["oscillation"]
-            scan["oscillation"] = [osc[0], osc[1] - osc[0]]
-            scan["exposure_time"] = props["exposure_time"]
-            scan["epochs"] = props["epochs"]
+        legacy_scan(scan)
     for iset in doc["imageset"]:
         iset["template"] = str((expt.parent / iset["template"]).resolve())
     dst.write_text(json.dumps(doc))
@@ -117,11 +114,7 @@ def main():
                  "diffuseflow_s": round(to, 1), "mdx2_peak_MB": "", "diffuseflow_peak_MB": "",
                  "speedup": round(tm / to, 1)})  # fmt: skip
     print(f"# {a.frames} + {a.bkg_frames} Pilatus-6M frames, --nproc {n}; target >= 30x")
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print_table(rows)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

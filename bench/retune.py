@@ -25,7 +25,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from throughput import SCRIPTS, ensure_sweep, measured
+from throughput import SCRIPTS, ensure_sweep, measured, print_table
 
 KEYS = ("peak_model/r0", "peak_model/sigma", "peaks/observed_phi", "peaks/observed_px_y",
         "peaks/observed_px_x", "diffuseflow_search/histogram")  # fmt: skip
@@ -91,11 +91,7 @@ def main():
         row(f"find_peaks {threshold}, from the list", secs, rss, note)
 
     print(f"# {a.frames} Pilatus-6M frames; {t} threads unless stated; {os.cpu_count()} cores")
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print_table(rows)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     if any("DIFFERS" in r["note"] for r in rows):

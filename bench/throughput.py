@@ -54,6 +54,15 @@ def measured(*args, threads=None, exe=sys.executable, cwd=None):
     return float(secs), int(rss) / 1024
 
 
+def print_table(rows: list[dict]):
+    """Rows of one dict each as a Markdown table (None prints empty)."""
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |")
+
+
 def ensure_sweep(out: Path, frames: int, bkg_frames: int) -> Path:
     from diffuseflow.simulate import preset, write_sweeps
 
@@ -183,11 +192,7 @@ def main():
             )  # fmt: skip
             row(f"bin_image_series [{codec}]", t, secs, nb, rss, read)
 
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |")
+    print_table(rows)
     print(f"# machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

@@ -150,18 +150,10 @@ class StrongPixels:
     counts: np.ndarray
     n_valid: int
     histogram: np.ndarray
-    floor: float  #: the highest per-frame floor over the frames read
-    requested_floor: float
 
 
 def has_strong_pixels(f: h5py.File) -> bool:
     return GROUP in f and "first" in f[GROUP]
-
-
-def strong_floor(f: h5py.File) -> float:
-    """The floor above which the whole sweep's pixels are listed (NaN if a frame is missing)."""
-    floor = f[GROUP]["floor"][()]
-    return float(np.max(floor)) if not np.isnan(floor).any() else float("nan")
 
 
 def histogram_rows(f: h5py.File, start: int, stop: int):
@@ -193,8 +185,6 @@ def read_strong_pixels(f: h5py.File, start: int, stop: int, min_counts=None) -> 
         *(c.astype(np.int64) for c in cols),
         int(np.sum(g["n_valid"][start:stop])),
         read_histogram(f, rows),
-        float(np.max(g["floor"][start:stop])) if stop > start else float("-inf"),
-        float(g.attrs.get("requested_floor", np.nan)),
     )
 
 
