@@ -19,6 +19,7 @@ include: "workflow/rules/peaks.smk"
 include: "workflow/rules/background.smk"
 include: "workflow/rules/integrate.smk"
 include: "workflow/rules/correct.smk"
+include: "workflow/rules/scale.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/qc.smk"
 

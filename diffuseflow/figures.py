@@ -332,3 +332,103 @@ def multiplicity_histogram(count, path):
     ax.set_yscale("log")
     ax.set_title("multiplicity")
     _save(fig, path)
+
+
+# -- scaling ---------------------------------------------------------------------------------------
+
+
+def _not_fitted(ax, what):
+    ax.text(0.5, 0.5, f"{what}\nnot fitted", ha="center", va="center", transform=ax.transAxes,
+            color="0.4")  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def scale_factors(factors: list[dict], names: list[str], path):
+    """The fitted factors: b(phi) of every sweep, d(x, y), c(s) (mean over phi) of every
+    sweep, and a(x, y) of the first sweep at its middle phi. ``factors``: per sweep,
+    {kind: (axes, values on the grid)} as scales.nxs holds them."""
+    fig, axs = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    ax = axs[0, 0]
+    if any("scaling" in f for f in factors):
+        for f, name in zip(factors, names, strict=True):
+            if "scaling" in f:
+                axes, u = f["scaling"]
+                ax.plot(axes["phi"], u, ".-", label=name)
+        ax.set_xlabel("phi (degrees)")
+        ax.set_ylabel("b")
+        ax.set_title("scale b(phi) per sweep")
+        ax.grid(alpha=0.3)
+        if len(names) <= 12:
+            ax.legend(fontsize=7)
+    else:
+        _not_fitted(ax, "b(phi)")
+    ax = axs[0, 1]
+    if "detector" in factors[0]:
+        axes, u = factors[0]["detector"]
+        ix, iy = axes["ix"], axes["iy"]
+        im = ax.imshow(u.T, origin="upper", extent=[ix[0], ix[-1], iy[-1], iy[0]],
+                       cmap="RdBu_r", aspect="equal")  # fmt: skip
+        fig.colorbar(im, ax=ax, shrink=0.8, label="d")
+        ax.set_xlabel("x (pixels, fast)")
+        ax.set_ylabel("y (pixels, slow)")
+        ax.set_title("detector response d(x, y), all sweeps")
+    else:
+        _not_fitted(ax, "d(x, y)")
+    ax = axs[1, 0]
+    if any("offset" in f for f in factors):
+        for f, name in zip(factors, names, strict=True):
+            if "offset" in f:
+                axes, u = f["offset"]
+                ax.plot(axes["s"], u.mean(axis=1), ".-", label=name)
+        ax.set_xlabel("s = 1/d (1/Å)")
+        ax.set_ylabel("c (mean over phi)")
+        ax.set_title("offset c(s)")
+        ax.grid(alpha=0.3)
+    else:
+        _not_fitted(ax, "offset c(s, phi)")
+    ax = axs[1, 1]
+    if "absorption" in factors[0]:
+        axes, u = factors[0]["absorption"]
+        mid = u.shape[2] // 2
+        ix, iy = axes["ix"], axes["iy"]
+        im = ax.imshow(u[:, :, mid].T, origin="upper", extent=[ix[0], ix[-1], iy[-1], iy[0]],
+                       cmap="RdBu_r", aspect="equal")  # fmt: skip
+        fig.colorbar(im, ax=ax, shrink=0.8, label="a")
+        ax.set_title(f"absorption a(x, y) of {names[0]} at phi {axes['phi'][mid]:g}")
+        ax.set_xlabel("x (pixels, fast)")
+        ax.set_ylabel("y (pixels, slow)")
+    else:
+        _not_fitted(ax, "a(x, y, phi)")
+    _save(fig, path)
+
+
+def scaling_cc(q: qc.ScalingQC, path):
+    """CC1/2 and the Friedel-pair correlation against resolution, before and after scaling."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    ax.plot(q.s_mid, q.cc_half_before, "o--", color="#4477aa", label="CC1/2, unscaled")
+    ax.plot(q.s_mid, q.cc_half_after, "o-", color="#4477aa", label="CC1/2, scaled")
+    if np.isfinite(q.friedel_after).any():
+        ax.plot(q.s_mid, q.friedel_before, "s--", color="#cc6677", label="Friedel pairs, unscaled")
+        ax.plot(q.s_mid, q.friedel_after, "s-", color="#cc6677", label="Friedel pairs, scaled")
+    ax.set_xlabel("s = 1/d (1/Å)")
+    ax.set_ylabel("correlation")
+    ax.set_title("half-data correlations before and after scaling")
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def sweep_agreement(q: qc.ScalingQC, names: list[str], path):
+    """Each sweep's own scaled merge against the merged map, by resolution shell."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for cc, name in zip(q.sweep_cc, names, strict=True):
+        ax.plot(q.s_mid, cc, "o-", label=name)
+    ax.set_xlabel("s = 1/d (1/Å)")
+    ax.set_ylabel("CC with the merged map")
+    ax.set_title("per-sweep agreement with the merged map (scaled)")
+    ax.grid(alpha=0.3)
+    if len(names) <= 12:
+        ax.legend(fontsize=8)
+    _save(fig, path)

@@ -17,6 +17,14 @@ beside them (``truth.json``) so that every later step can be scored:
   scattering vector and whose strength varies with direction; every term is invariant under
   the crystal's Laue group. Counts = D(hkl at the pixel centre and frame-centre angle) x the
   pixel's exact correction factors (those import_geometry writes) x exposure.
+* Scaling truth (mdx2's scale model, for ``scale`` to recover): the crystal's scattering (Bragg
+  and diffuse) is multiplied by b(phi) (an overall scale per sweep times a drift of the
+  illuminated volume: linear plus a sine in phi), a(x, y, phi) (an absorption-like term) and
+  d(x, y) (the detector's response, which multiplies the air scatter of both sweeps too, so the
+  background sweep measures d times the air). :meth:`Simulation.beam_scale`,
+  :meth:`Simulation.detector_response` and :meth:`Simulation.absorption` are the truth; all are
+  1 by default. ``crystal_rotation_deg`` turns the crystal, so several sweeps of one crystal
+  form see reciprocal space from different orientations (a multi-sweep data set).
 * Poisson noise, a few zingers, Pilatus/Eiger module gaps and a beamstop written as -1; the
   background sweep may carry a small bright "salt" spot that ``valid_range`` must remove.
 
@@ -104,6 +112,16 @@ class Preset:
     bragg_halo_radial: float = 0.3
     bragg_halo_tangential: float = 0.45
     bragg_halo_anisotropy: float = 0.8
+    #: scaling truth: b(phi) = overall_scale (1 + drift[0] (phi - phi_start)
+    #: + drift[1] sin(2 pi (phi - phi_start) / drift[2])), phi in degrees
+    overall_scale: float = 1.0
+    drift: tuple = (0.0, 0.0, 10.0)
+    #: d(x, y) = 1 + detector_response cos(2 pi (1.2 x / nx + 0.35)) cos(2 pi (0.8 y / ny))
+    detector_response: float = 0.0
+    #: a(x, y, phi) = 1 + absorption (x / nx - 0.5) cos(2 pi (phi - phi_start) / 40)
+    absorption: float = 0.0
+    #: a further rotation of the crystal (lab axis x, y, z and angle in degrees)
+    crystal_rotation_deg: tuple = (0.0, 0.0, 1.0, 0.0)
     image_format: str = "cbf"
     compress: str | None = None
     seed: int = 1
@@ -295,7 +313,8 @@ class Simulation:
         sg = gemmi.SpaceGroup(p.space_group)
         self.space_group = sg
         B = np.array(gemmi.UnitCell(*p.cell).frac.mat.tolist()).T
-        self.A = _orthonormal(p.U) @ B
+        turn = _rot(p.crystal_rotation_deg[:3], p.crystal_rotation_deg[3])
+        self.A = turn @ _orthonormal(p.U) @ B
         axes = np.asarray(p.axes, float)
         axes /= np.linalg.norm(axes, axis=1, keepdims=True)
         axes = _orthonormal(axes)  # rows: principal axes
@@ -510,6 +529,43 @@ class Simulation:
         pol = 1 - ((xyz @ pv1) / d) ** 2 * 0.999
         return p.air_rate * np.exp(-two_theta / p.air_falloff_deg) * solid * pol
 
+    # -- scaling truth ---------------------------------------------------------------------------
+
+    def beam_scale(self, phi) -> np.ndarray:
+        """b(phi): the crystal's overall scale times its drift (phi in degrees)."""
+        p = self.p
+        x = np.asarray(phi, float) - p.phi_start
+        slope, amp, period = p.drift
+        return p.overall_scale * (1 + slope * x + amp * np.sin(2 * np.pi * x / period))
+
+    def detector_response(self, iy, ix) -> np.ndarray:
+        """d at pixel positions (iy, ix) (broadcast), pixel units along slow and fast."""
+        p = self.p
+        fx = np.asarray(ix, float) / p.nx
+        fy = np.asarray(iy, float) / p.ny
+        wave = np.cos(2 * np.pi * (1.2 * fx + 0.35)) * np.cos(2 * np.pi * 0.8 * fy)
+        return 1 + p.detector_response * wave
+
+    def absorption(self, iy, ix, phi) -> np.ndarray:
+        """a at pixel positions (iy, ix) and phi (degrees), broadcast."""
+        p = self.p
+        fx = np.asarray(ix, float) / p.nx + 0 * np.asarray(iy, float)
+        x = np.asarray(phi, float) - p.phi_start
+        return 1 + p.absorption * (fx - 0.5) * np.cos(2 * np.pi * x / 40.0)
+
+    def crystal_scale(self, frame: int) -> np.ndarray:
+        """a b d of every pixel (ny, nx) on crystal frame ``frame`` (at the frame centre)."""
+        p = self.p
+        phi = p.phi_start + (frame + 0.5) * p.osc
+        iy, ix = np.arange(p.ny)[:, None] + 0.5, np.arange(p.nx)[None, :] + 0.5
+        return self.beam_scale(phi) * self.detector_response(iy, ix) * self.absorption(iy, ix, phi)
+
+    def scaled(self) -> bool:
+        p = self.p
+        return bool(
+            p.overall_scale != 1 or p.drift[:2] != (0.0, 0.0) or p.detector_response or p.absorption
+        )
+
     # -- diffuse truth ----------------------------------------------------------------------------
 
     def reciprocal_basis(self) -> np.ndarray:
@@ -612,10 +668,16 @@ class Simulation:
         p = self.p
         rng = np.random.default_rng([p.seed, 1 if kind == "crystal" else 2, index])
         expected = bkg_counts.copy()
+        if p.detector_response:
+            iy, ix = np.arange(p.ny)[:, None] + 0.5, np.arange(p.nx)[None, :] + 0.5
+            expected *= self.detector_response(iy, ix)
         bragg = None
         if kind == "crystal":
             bragg = self.bragg_expected(index)
-            expected += bragg + self.diffuse_counts(index)
+            crystal = bragg + self.diffuse_counts(index)
+            if self.scaled():
+                crystal *= self.crystal_scale(index)
+            expected += crystal
         counts = rng.poisson(expected).astype(np.int32)
         ny, nx = counts.shape
         for _ in range(p.zingers_per_frame):  # cosmic rays / zingers
@@ -639,12 +701,18 @@ class Simulation:
             "space_group": self.space_group.hm,
             "salt_spot_iy_ix": list(self.salt_spot()),
             "intensity_scale": self.intensity_scale(),
+            "beam_scale_per_frame": self.beam_scale(
+                self.p.phi_start + (np.arange(self.p.n_frames) + 0.5) * self.p.osc
+            ).tolist(),
             "note": (
                 "Bragg counts = I(hkl) * exp(-d2/2), d2 the Mahalanobis distance of "
                 "(hkl - round(hkl) - r0) under cov, at the pixel centre and frame-centre angle; "
                 "diffuse counts = D(hkl) * solid angle * polarisation * efficiency * "
                 "attenuation * exposure (Simulation.diffuse_intensity, rebuilt from this file "
-                "by load_simulation)"
+                "by load_simulation); the crystal's counts (Bragg and diffuse) are multiplied "
+                "by b(phi) a(x, y, phi) d(x, y) and the air scatter of both sweeps by d(x, y) "
+                "(Simulation.beam_scale, absorption, detector_response; beam_scale_per_frame at "
+                "frame centres)"
             ),
         }
 
@@ -747,8 +815,11 @@ def load_simulation(truth_path) -> Simulation:
         "setting_rotation_deg",
         "r0",
         "semi_axes",
+        "drift",
+        "crystal_rotation_deg",
     ):
-        fields[k] = tuple(fields[k])
+        if k in fields:  # truth files of older versions lack the newer keys
+            fields[k] = tuple(fields[k])
     return Simulation(Preset(**fields))
 
 
@@ -770,9 +841,9 @@ def orbit_keys(space_group: gemmi.SpaceGroup, vox: np.ndarray) -> np.ndarray:
 
 def voxel_truth(sim: Simulation, geom: SweepGeometry, excluded, ndiv, frames=None):
     """The true diffuse intensity of every voxel orbit as the integrated pixels see it:
-    sum(D C t) / sum(C t) over the valid, unmasked pixels of the voxel and all its symmetry
-    mates (C = the pixel's correction product), i.e. what a merge of noise-free counts would
-    give. ``excluded(i)`` -> bool (ny, nx) image of frame i's unused pixels.
+    sum(D C t g) / sum(C t g) over the valid, unmasked pixels of the voxel and all its symmetry
+    mates (C = the pixel's correction product, g = a b d of a scaled simulation, else 1),
+    i.e. what a merge of noise-free, scaled counts would give. ``excluded(i)`` -> bool (ny, nx) image of frame i's unused pixels.
 
     Returns (orbit keys (see :func:`orbit_keys`, sorted), truth, weight).
     """
@@ -784,6 +855,8 @@ def voxel_truth(sim: Simulation, geom: SweepGeometry, excluded, ndiv, frames=Non
         use = ~excluded(i)
         hkl = np.einsum("ij,jyx->yxi", sim._M[i], sim._q)[use]
         w = sim._correction[use] * sim.p.exposure
+        if sim.scaled():  # the counts carry a b d too: they weigh in the merge
+            w = w * sim.crystal_scale(i)[use]
         d = sim.diffuse_intensity(hkl)
         key = orbit_keys(sim.space_group, np.rint(hkl * ndiv).astype(np.int64))
         u, inv = np.unique(key, return_inverse=True)

@@ -36,6 +36,33 @@ def main(argv):
     )
     p.add_argument("--compress", choices=["bz2", "gz"], help="compress each image; default: no")
     p.add_argument(
+        "--overall_scale", type=float, help="scale of the crystal's scattering (default: 1)"
+    )
+    p.add_argument(
+        "--drift",
+        type=float,
+        nargs=3,
+        metavar=("SLOPE", "AMPLITUDE", "PERIOD"),
+        help="b(phi) = overall_scale (1 + SLOPE x + AMPLITUDE sin(2 pi x / PERIOD)), x = phi - "
+        "phi_start in degrees (default: no drift)",
+    )
+    p.add_argument(
+        "--detector_response",
+        type=float,
+        help="amplitude of a smooth detector response d(x, y) (default: 0, flat)",
+    )
+    p.add_argument(
+        "--absorption", type=float, help="amplitude of an absorption term a(x, y, phi) (default: 0)"
+    )
+    p.add_argument(
+        "--crystal_rotation",
+        type=float,
+        nargs=4,
+        metavar=("X", "Y", "Z", "DEG"),
+        help="turn the crystal by DEG about the lab axis (X, Y, Z) (default: the preset's "
+        "orientation)",
+    )
+    p.add_argument(
         "--nproc",
         type=int,
         default=1,
@@ -49,10 +76,18 @@ def main(argv):
         if min(a.size) < 16:
             raise InputError("--size must be at least 16 x 16 pixels")
         over["nx"], over["ny"] = a.size
-    for key in ("n_frames", "osc", "bkg_frames", "image_format", "compress"):
-        val = getattr(a, {"n_frames": "frames"}.get(key, key))
+    names = {"n_frames": "frames", "crystal_rotation_deg": "crystal_rotation"}
+    for key in ("n_frames", "osc", "bkg_frames", "image_format", "compress", "overall_scale",
+                "drift", "detector_response", "absorption", "crystal_rotation_deg"):  # fmt: skip
+        val = getattr(a, names.get(key, key))
         if val is not None:
-            over[key] = val
+            over[key] = tuple(val) if isinstance(val, list) else val
+    if a.drift and a.drift[2] == 0:
+        raise InputError("--drift PERIOD must not be 0")
+    if a.crystal_rotation and not any(a.crystal_rotation[:3]):
+        raise InputError("--crystal_rotation needs a nonzero axis")
+    if a.overall_scale is not None and not a.overall_scale > 0:
+        raise InputError(f"--overall_scale must be > 0, is {a.overall_scale}")
     if over.get("n_frames", 1) < 1 or over.get("bkg_frames", 1) < 1:
         raise InputError("--frames and --bkg_frames must be >= 1")
     written = write_sweeps(preset(a.preset, **over), a.outdir, log=cli.log, workers=a.nproc)

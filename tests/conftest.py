@@ -35,18 +35,23 @@ P212121_SMALL = dict(
 
 
 #: the command-line steps after mask_peaks, in workflow order
-LATER_STEPS = ("bin", "integrate", "correct", "merge", "map")
+LATER_STEPS = ("bin", "integrate", "correct", "scale", "merge", "map")
 
 
-def reduce_sweep(d: Path, to="mask", *, nproc=2, valid_range=(0, 200), merge=(), map_limits=2):
+def reduce_sweep(
+    d: Path, to="mask", *, nproc=2, valid_range=(0, 200), merge=(), map_limits=2, chunks=None
+):
     """Take the simulated sweeps in d (simulate.write_sweeps) through the command-line steps
     as a user would: import both sweeps, find_peaks, mask_peaks, then on to `to` (one of
     LATER_STEPS: bin_image_series of the background in 2x20x20 bins, integrate on a 3x3x3
-    grid, correct with that background, merge with the options `merge`, a map within
-    +-map_limits). One helper for every test that needs processed sweeps."""
+    grid, correct with that background, scale (b(phi), not applied by the merge: the tests
+    score unscaled merges against truth), merge with the options `merge`, a map within
+    +-map_limits; ``chunks``: the crystal stack's chunk shape). One helper for every test that
+    needs processed sweeps."""
     g, n = d / "geometry.nxs", ("--nproc", nproc)
+    ch = ("--chunks", *chunks) if chunks else ()
     run_script("import_geometry", d / "crystal/sweep.expt", "--outfile", g)
-    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs", *n)
+    run_script("import_data", d / "crystal/sweep.expt", "--outfile", d / "data.nxs", *ch, *n)
     run_script("import_data", d / "background/sweep.expt", "--outfile", d / "bkg_data.nxs")
     run_script("find_peaks", g, d / "data.nxs", "--count_threshold", 20,
                "--outfile", d / "peaks.nxs", *n)  # fmt: skip
@@ -61,6 +66,7 @@ def reduce_sweep(d: Path, to="mask", *, nproc=2, valid_range=(0, 200), merge=(),
                       "--subdivide", 3, 3, 3, *n, "--outfile", d / "integrated.nxs"),
         "correct": ("correct", g, d / "integrated.nxs", "--background", d / "binned.nxs",
                     "--outfile", d / "corrected.nxs"),
+        "scale": ("scale", d / "corrected.nxs", "--outfile", d / "scales.nxs"),
         "merge": ("merge", d / "corrected.nxs", *merge, "--outfile", d / "merged.nxs"),
         "map": ("map", g, d / "merged.nxs", "--limits", *[-map_limits, map_limits] * 3,
                 "--outfile", d / "map.nxs"),

@@ -143,6 +143,16 @@ CASES = [
     ("correct-geometry-other-sweep", lambda a, b, t: ("correct", b / "geometry.nxs", a / "integrated.nxs"), ["integrated.nxs", "different sweeps", "sweep_b"]),
     ("correct-read-only-dir", lambda a, b, t: ("correct", a / "geometry.nxs", a / "integrated.nxs", "--outfile", "/sys/corrected.nxs"), ["/sys/corrected.nxs", "cannot write"]),
     # -- merge ----------------------------------------------------------------------------
+    ("scale-not-corrected", lambda a, b, t: ("scale", a / "integrated.nxs"), ["integrated.nxs", "no 'intensity' column"]),
+    ("scale-every-factor-off", lambda a, b, t: ("scale", a / "corrected.nxs", "--scaling.enable", "false"), ["every factor is disabled"]),
+    ("scale-bad-bool", lambda a, b, t: ("scale", a / "corrected.nxs", "--detector.enable", "maybe"), ["--detector.enable", "true or false"]),
+    ("scale-negative-dphi", lambda a, b, t: ("scale", a / "corrected.nxs", "--scaling.dphi", -1), ["--scaling.dphi", "> 0"]),
+    ("scale-fractional-nx", lambda a, b, t: ("scale", a / "corrected.nxs", "--detector.nx", 2.5), ["--detector.nx", "whole number"]),
+    ("scale-outfiles-count", lambda a, b, t: ("scale", a / "corrected.nxs", "--outfile", t / "x.nxs", t / "y.nxs"), ["--outfile names 2 files for 1 inputs"]),
+    ("scale-other-crystal-form", lambda a, b, t: ("scale", a / "corrected.nxs", b / "corrected.nxs", "--outfile", t / "x.nxs", t / "y.nxs"), ["sweep_b", "Laue group mmm", "cannot scale together"]),
+    ("scale-same-table-twice", lambda a, b, t: ("scale", a / "corrected.nxs", a / "corrected.nxs", "--outfile", t / "x.nxs", t / "y.nxs"), ["given twice"]),
+    ("merge-scale-count", lambda a, b, t: ("merge", a / "corrected.nxs", "--scale", a / "scales.nxs", a / "scales.nxs"), ["--scale names 2 files for 1 corrected tables"]),
+    ("merge-scale-not-scales", lambda a, b, t: ("merge", a / "corrected.nxs", "--scale", a / "corrected.nxs"), ["corrected.nxs", "no scaling model"]),
     ("merge-not-corrected", lambda a, b, t: ("merge", a / "integrated.nxs"), ["integrated.nxs", "no 'intensity' column"]),
     ("merge-friedel-no-geometry", lambda a, b, t: ("merge", a / "corrected.nxs", "--split", "Friedel"), ["--split Friedel needs --geometry"]),
     ("merge-other-crystal-form", lambda a, b, t: ("merge", a / "corrected.nxs", b / "corrected.nxs"), ["sweep_b", "Laue group mmm", "Laue group m-3", "cannot merge"]),
@@ -269,12 +279,13 @@ WRITERS = {
                             "--subdivide", 3, 3, 3),
     "correct": lambda a: (a / "geometry.nxs", a / "integrated.nxs", "--background",
                           a / "binned.nxs"),
+    "scale": lambda a: (a / "corrected.nxs",),
     "merge": lambda a: (a / "corrected.nxs",),
     "map": lambda a: (a / "geometry.nxs", a / "merged.nxs", "--limits", -2, 2, -2, 2, -2, 2),
 }  # fmt: skip
 OUTPUT = {"import_geometry": "geometry.nxs", "import_data": "data.nxs", "find_peaks": "peaks.nxs", "mask_peaks": "mask.nxs",
           "bin_image_series": "binned.nxs", "integrate": "integrated.nxs",
-          "correct": "corrected.nxs", "merge": "merged.nxs", "map": "map.nxs"}  # fmt: skip
+          "correct": "corrected.nxs", "scale": "scales.nxs", "merge": "merged.nxs", "map": "map.nxs"}  # fmt: skip
 
 
 #: the streamed stacks, and where their image or mask chunks are

@@ -229,7 +229,8 @@ def test_unknown_image_format(small_sweep):
 
 #: tools whose results --mdx2_compat changes, and tools that take --nproc (README's claims)
 COMPAT_TOOLS = {
-    "import_geometry", "find_peaks", "mask_peaks", "integrate", "correct", "merge", "map",
+    "import_geometry", "find_peaks", "mask_peaks", "integrate", "correct", "scale", "merge",
+    "map",
 }  # fmt: skip
 NPROC_TOOLS = {"import_data", "find_peaks", "mask_peaks", "bin_image_series", "integrate",
                "simulate_sweep"}  # fmt: skip

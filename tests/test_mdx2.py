@@ -307,3 +307,59 @@ def test_outputs_are_plottable_nxdata(insulin_run, both):
             assert ax.shape == (signal.shape[n],)
         assert root["entry"].plottable_data is not None
         root.nxfile.close()
+
+
+@pytest.fixture(scope="module")
+def scaled(chain, mdx2_python):
+    """mdx2's scale and ours (compat) on the same two corrected tables (the sweep integrated
+    twice: 1-degree passes and 0.25-degree passes), once with mdx2's defaults (b only) and
+    once with all four factors (--mca2020, 20 x 20 detector grid)."""
+    d = chain
+    run_script("correct", d / "geometry.nxs", d / "int_passes.nxs", "--background",
+               d / "binned.nxs", "--mdx2_compat", "--outfile", d / "corr_passes.nxs")  # fmt: skip
+    tabs = ("corr.nxs", "corr_passes.nxs")
+    runs = {"default": (), "all": ("--detector.nx", 20, "--detector.ny", 20)}
+    for name, extra in runs.items():
+        mca = ("--mca2020",) if name == "all" else ()
+        ours = [f"s_{name}_{j}.nxs" for j in range(2)]
+        theirs = [f"m_s_{name}_{j}.nxs" for j in range(2)]
+        run_script("scale", *(d / t for t in tabs), *mca, *extra, "--mdx2_compat",
+                   "--outfile", *(d / o for o in ours))  # fmt: skip
+        mdx2(mdx2_python, "scale", *tabs, *(("--mca2020", "true") if mca else ()), *extra,
+             "--outfile", *theirs, "--logfile", "m.log", cwd=d)  # fmt: skip
+        # each merge with the other program's scales, and mdx2's with its own
+        run_script("merge", *(d / t for t in tabs), "--scale", *(d / t for t in theirs),
+                   "--outlier", 3, "--mdx2_compat",
+                   "--outfile", d / f"merged_{name}.nxs")  # fmt: skip
+        mdx2(mdx2_python, "merge", *tabs, "--scale", *ours, "--outlier", 3,
+             "--outfile", f"m_merged_ours_{name}.nxs", "--logfile", "m.log", cwd=d)  # fmt: skip
+        mdx2(mdx2_python, "merge", *tabs, "--scale", *theirs, "--outlier", 3,
+             "--outfile", f"m_merged_{name}.nxs", "--logfile", "m.log", cwd=d)  # fmt: skip
+    return d
+
+
+@pytest.mark.parametrize("run", ["default", "all"])
+def test_scale_equals_mdx2(scaled, run):
+    """The same model with the same settings: every factor's control points and values
+    within 0.5 % of mdx2's (of the factor's largest value); the merges within 1 %."""
+    from diffuseflow.io.scales import read_factors
+
+    d = scaled
+    kinds = {"default": {"scaling"}, "all": {"scaling", "offset", "detector", "absorption"}}[run]
+    for j in range(2):
+        ours, theirs = read_factors(d / f"s_{run}_{j}.nxs"), read_factors(d / f"m_s_{run}_{j}.nxs")
+        assert set(ours) == set(theirs) == kinds
+        for kind in kinds:
+            (ax_o, u_o), (ax_t, u_t) = ours[kind], theirs[kind]
+            for axis in ax_t:
+                np.testing.assert_allclose(ax_o[axis], ax_t[axis], rtol=1e-12, atol=1e-12)
+            assert np.max(np.abs(u_o - u_t)) <= 0.005 * np.max(np.abs(u_t)), (kind, j)
+        if run == "default":  # b alone is solved to rounding
+            np.testing.assert_allclose(ours["scaling"][1], theirs["scaling"][1], rtol=1e-6)
+    for ours_merge in (f"merged_{run}.nxs", f"m_merged_ours_{run}.nxs"):
+        a, b = _columns(d / ours_merge), _columns(d / f"m_merged_{run}.nxs")
+        np.testing.assert_array_equal(np.isnan(a["intensity"]), np.isnan(b["intensity"]))
+        ok = np.isfinite(b["intensity"])
+        assert ok.sum() > 10000
+        np.testing.assert_allclose(a["intensity"][ok], b["intensity"][ok], rtol=0.01)
+        np.testing.assert_array_equal(a["count"], b["count"])

@@ -23,6 +23,7 @@ from diffuseflow.algorithms import qc
 from diffuseflow.algorithms.peaks import PeakModel
 
 MAP_FIGURES = ("sections", "isotropic", "cc_half", "multiplicity")
+SCALE_FIGURES = ("factors", "scaling_cc", "sweep_agreement")
 
 # -- numbers --------------------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ def test_report_renders_with_every_figure_in_chromium(workflow_run, tmp_path):
     proc = snakemake(workflow_run, "--report", str(report))
     assert proc.returncode == 0 and report.exists(), proc.stderr[-2000:]
     maps = {f"results/maps/tiny/qc/{fig}.png" for fig in MAP_FIGURES}  # the dataset's own map
+    maps |= {f"results/maps/tiny/scaling/qc/{fig}.png" for fig in SCALE_FIGURES}
     for category, figures in (("tiny", CRYSTAL_FIGURES), ("tiny_bkg", BACKGROUND_FIGURES)):
         shown = shown_figures(report, category, tmp_path, chromium)
         want = {f"results/{category}/qc/{fig}.png" for fig in figures}

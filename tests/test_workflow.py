@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, SMALL_CONFIG, assert_same_workflow_outputs, snakemake
@@ -67,7 +68,7 @@ def test_end_to_end_outputs(workflow_run):
 
 #: what reruns after the corrected table changes, and after the merged one does
 MERGE = ("merge", "map", "qc_map")
-CORRECT = ("correct", *MERGE)
+CORRECT = ("correct", "scale", *MERGE)
 
 
 @pytest.mark.parametrize(
@@ -95,6 +96,7 @@ CORRECT = ("correct", *MERGE)
         ),
         ("integrate", "subdivide", [2, 2, 2], {"integrate", *CORRECT}),
         ("correct", "p1", True, set(CORRECT)),
+        ("scale", "scaling", {"alpha": 0.5}, {"scale", *MERGE}),
         ("merge", "seed", 1, set(MERGE)),
         ("map", "limits", [-4, 4, -4, 4, -4, 4], {"map", "qc_map"}),
     ],
@@ -219,30 +221,46 @@ def test_profiles_are_valid_yaml():
 
 
 def test_multi_sweep_config_end_to_end(tmp_path):
-    """config/multi.yaml: 3 crystal sweeps, 2 background sweeps (one shared), overrides."""
+    """config/multi.yaml: 4 crystal sweeps, 2 background sweeps (one shared by three),
+    overrides, and one map of three sweeps scaled together (their own b, one d)."""
     cfg = yaml.safe_load((ROOT / "config" / "multi.yaml").read_text())
     proc = snakemake(tmp_path, config=cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
     res = tmp_path / "results"
-    for name in ("sweep_a", "sweep_b", "sweep_c"):
+    for name in ("sweep_a", "sweep_b", "sweep_c", "sweep_d"):
         assert (res / name / "mask.nxs").exists()
     for name in ("bkg_1", "bkg_2"):
         assert (res / name / "bkg_data_binned.nxs").exists()
     assert not (res / "sweep_b" / "bkg_data.nxs").exists()  # shared, imported once
-    # a map per dataset, and the two insulin sweeps merged into one
-    for name in ("sweep_a", "sweep_b", "sweep_c", "insulin_ab"):
+    # a map per dataset, and the three insulin sweeps scaled and merged into one
+    for name in ("sweep_a", "sweep_b", "sweep_c", "sweep_d", "insulin"):
         assert (res / "maps" / name / "map.nxs").exists()
         assert (res / "maps" / name / "qc" / "cc_half.png").exists()
+        assert (res / "maps" / name / "scaling" / "qc" / "factors.png").exists()
+    from diffuseflow.io.scales import read_factors
     from diffuseflow.io.tables import read_table
 
-    counts = {n: read_table(res / "maps" / n / "merged.nxs")["count"].sum() for n in
-              ("sweep_a", "sweep_b", "insulin_ab")}  # fmt: skip
-    assert counts["insulin_ab"] == counts["sweep_a"] + counts["sweep_b"]
-    with h5py.File(res / "maps/insulin_ab/merged.nxs") as f:
+    trio = ("sweep_a", "sweep_b", "sweep_d")
+    factors = {n: read_factors(res / "maps/insulin/scales" / f"{n}.nxs") for n in trio}
+    assert all(set(f) == {"scaling", "detector"} for f in factors.values())
+    # one detector response for all three; each sweep its own b, whose levels follow the
+    # simulated overall scales 1.2 : 0.8 : 1 (drifts of +-6 % over the sweep beside them)
+    np.testing.assert_array_equal(
+        factors["sweep_a"]["detector"][1], factors["sweep_d"]["detector"][1]
+    )
+    level = {n: factors[n]["scaling"][1].mean() for n in trio}
+    assert level["sweep_a"] / level["sweep_d"] == pytest.approx(1.2, rel=0.05), level
+    assert level["sweep_b"] / level["sweep_d"] == pytest.approx(0.8, rel=0.05), level
+    assert "detector" not in read_factors(res / "maps/sweep_a/scales/sweep_a.nxs")
+    merged = read_table(res / "maps/insulin/merged.nxs")
+    singles = sum(read_table(res / "maps" / n / "merged.nxs")["count"].sum() for n in trio)
+    assert merged["count"].sum() == pytest.approx(singles, rel=0.01)
+    with h5py.File(res / "maps/insulin/merged.nxs") as f:
         inputs = [i["path"] for i in json.loads(f.attrs["diffuseflow_inputs"])]
-        assert [Path(p).parent.name for p in inputs] == ["sweep_a", "sweep_b"]
+        assert [Path(p).parent.name for p in inputs[:3]] == list(trio)
+        assert [Path(p).name for p in inputs[3:]] == [f"{n}.nxs" for n in trio]
 
     def params(path):
         with h5py.File(path) as f:

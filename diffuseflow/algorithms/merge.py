@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffuseflow.errors import InputError
-from diffuseflow.io.tables import HKLTable, hkl_from_voxels
+from diffuseflow.io.tables import HKLTable, hkl_from_voxels, pack_voxels, unpack_voxels
 
 SPLITS = ("randomHalf", "Friedel")
 MODEL_COLUMNS = ("seconds", "correction", "background", "background_error")
@@ -57,7 +57,9 @@ def gather(tables_: list[HKLTable], names: list[str]) -> Observations:
                 f"{name}: subdivision {list(t.ndiv)} differs from {names[0]}'s {list(ndiv)}"
             )
     HKL = np.concatenate([t.voxels() for t in tables_])
-    voxels, ih = np.unique(HKL, axis=0, return_inverse=True)
+    # one int64 key per voxel sorts as the (H, K, L) rows do, and sorts ~10x faster
+    keys, ih = np.unique(pack_voxels(HKL), return_inverse=True)
+    voxels = unpack_voxels(keys)
     have_model = all(all(c in t for c in MODEL_COLUMNS) for t in tables_)
 
     def col(name, dtype=float):

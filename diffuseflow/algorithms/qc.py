@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from diffuseflow.algorithms import maps
+from diffuseflow.algorithms import merge as merging
 from diffuseflow.algorithms.binning import read_binned
 from diffuseflow.algorithms.importing import GeometryFile
 from diffuseflow.algorithms.peaks import PeakModel
@@ -322,3 +324,69 @@ def summary_html(title: str, rows) -> str:
         "td:nth-child(2){text-align:right;font-family:monospace}</style></head><body>"
         f"<h3>{html.escape(title)}</h3><table>\n{body}\n</table></body></html>\n"
     )
+
+
+# -- scaling ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScalingQC:
+    """What scaling changed: half-data correlations against resolution before and after the
+    factors are divided out, and each sweep's agreement with the merged map."""
+
+    s_mid: np.ndarray  #: shell centres (1/Angstrom), equal numbers of merged voxels
+    cc_half_before: np.ndarray
+    cc_half_after: np.ndarray
+    friedel_before: np.ndarray  #: CC of the two Friedel halves (NaN without operators)
+    friedel_after: np.ndarray
+    sweep_cc: np.ndarray  #: (sweeps, shells): CC of each sweep's own merge with the map
+    overall: dict  #: the same over all voxels
+
+
+def _shell_cc(a, b, idx, n):
+    return np.array([maps.pearson(a[idx == j], b[idx == j]) for j in range(n)])
+
+
+def scaling_qc(obs, scaled, operators=None, n_shells: int = 12, seed: int = 0) -> ScalingQC:
+    """Half-data CCs of the observations ``obs`` before and ``scaled`` after scaling
+    (merge.Observations; the same rows), by resolution shell, and each sweep's CC with the
+    merge of all."""
+
+    def halves(o, split):
+        table, _ = merging.merge(o, merging.MergeSettings(split=split, seed=seed), operators,
+                                 log=lambda *a: None)  # fmt: skip
+        return table
+
+    before = halves(obs, "randomHalf")
+    after = halves(scaled, "randomHalf")
+    s = before["s"].astype(float)
+    ok = np.isfinite(s)
+    edges, idx = maps.shells(s, n_shells)
+    idx = np.where(ok, idx, -1)
+
+    def pair(t):
+        return t["group_0_intensity"].astype(float), t["group_1_intensity"].astype(float)
+
+    out = {"cc_half_before": _shell_cc(*pair(before), idx, n_shells),
+           "cc_half_after": _shell_cc(*pair(after), idx, n_shells)}  # fmt: skip
+    overall = {"CC1/2 before scaling": maps.pearson(*pair(before)),
+               "CC1/2 after scaling": maps.pearson(*pair(after))}  # fmt: skip
+    if operators is not None:
+        fb, fa = halves(obs, "Friedel"), halves(scaled, "Friedel")
+        out["friedel_before"] = _shell_cc(*pair(fb), idx, n_shells)
+        out["friedel_after"] = _shell_cc(*pair(fa), idx, n_shells)
+        overall["Friedel-pair CC before scaling"] = maps.pearson(*pair(fb))
+        overall["Friedel-pair CC after scaling"] = maps.pearson(*pair(fa))
+    else:
+        out["friedel_before"] = out["friedel_after"] = np.full(n_shells, np.nan)
+    merged = after["intensity"].astype(float)
+    nb = int(obs.batch.max()) + 1 if len(obs.batch) else 0
+    sweep_cc = np.full((nb, n_shells), np.nan)
+    for j in range(nb):
+        alone = merging.merge_expected if scaled.model is not None else merging.merge_mdx2
+        own = alone(scaled, scaled.batch == j)[0]
+        sweep_cc[j] = _shell_cc(own, merged, idx, n_shells)
+        overall[f"sweep {j} CC with the merged map"] = maps.pearson(own, merged)
+    return ScalingQC(0.5 * (edges[1:] + edges[:-1]), out["cc_half_before"],
+                     out["cc_half_after"], out["friedel_before"], out["friedel_after"],
+                     sweep_cc, overall)  # fmt: skip

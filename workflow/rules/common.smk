@@ -96,6 +96,25 @@ def map_setting(name, section, key):
     return own.get(key, config[section][key])
 
 
+def scale_options(name):
+    """scale.py options of one map: each factor's keys, the map's own over the global ones
+    (unset keys keep scale.py's defaults, which are mdx2's)."""
+    own = WRITTEN.get("maps", {}).get(name, {}).get("scale", {})
+    args = []
+    for factor in ("scaling", "offset", "detector", "absorption"):
+        keys = {**config["scale"][factor], **own.get(factor, {})}
+        for key, value in sorted(keys.items()):
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            args.append(f"--{factor}.{key} {value}")
+    return " ".join(args)
+
+
+def map_scaled(name):
+    """Whether a map's datasets are scaled before merging."""
+    return map_setting(name, "scale", "enable")
+
+
 def map_datasets(name):
     return MAPS[name]["datasets"]
 
@@ -198,6 +217,8 @@ def all_targets():
         targets.append(f"{RESULTS}/maps/{name}/map.nxs")
         if config["qc"]:
             targets.append(f"{RESULTS}/maps/{name}/qc/summary.tsv")
+            if map_scaled(name):
+                targets.append(f"{RESULTS}/maps/{name}/scaling/qc/summary.tsv")
     if config["qc"]:
         used = {ds["background"] for ds in DATASETS.values() if ds.get("background")}
         targets += [f"{RESULTS}/{b}/qc/summary.tsv" for b in sorted(used)]
@@ -223,12 +244,18 @@ def simulation_args(sim):
             args.append(f"{flag} {s[key]}")
     if s.get("compress"):
         args.append(f"--compress {s['compress']}")
+    for key in ("overall_scale", "drift", "detector_response", "absorption", "crystal_rotation"):
+        if key in s:
+            value = s[key]
+            value = " ".join(map(str, value)) if isinstance(value, list) else value
+            args.append(f"--{key} {value}")
     return " ".join(args)
 
 
 QC_CRYSTAL_FIGURES = ("offsets", "mahalanobis", "counts", "frames", "masked_fraction")
 QC_BACKGROUND_FIGURES = ("background", "radial")
 QC_MAP_FIGURES = ("sections", "isotropic", "cc_half", "multiplicity")
+QC_SCALE_FIGURES = ("factors", "scaling_cc", "sweep_agreement")
 
 
 def qc_outputs(kind, figures, folder=None):

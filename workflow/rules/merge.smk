@@ -7,6 +7,9 @@ rule merge:
             f"{RESULTS}/{ds}/corrected.nxs" for ds in map_datasets(wc.map)
         ],
         geom=lambda wc: f"{RESULTS}/{map_datasets(wc.map)[0]}/geometry.nxs",
+        scales=lambda wc: (
+            rules.scale.output[0].format(map=wc.map) if map_scaled(wc.map) else []
+        ),
     output:
         f"{RESULTS}/maps/{{map}}/merged.nxs",
     log:
@@ -26,9 +29,17 @@ rule merge:
         ),
         split=lambda wc: map_setting(wc.map, "merge", "split"),
         seed=lambda wc: map_setting(wc.map, "merge", "seed"),
+        scale=lambda wc, input: (
+            "--scale "
+            + " ".join(
+                shlex.quote(f"{input.scales}/{ds}.nxs") for ds in map_datasets(wc.map)
+            )
+            if input.scales
+            else ""
+        ),
         compat=compat_flag(),
     shell:
-        "python {input.script:q} {input.corrected:q} {params.outlier} "
+        "python {input.script:q} {input.corrected:q} {params.scale} {params.outlier} "
         "--split {params.split} --seed {params.seed} --geometry {input.geom:q} "
         "{params.compat} --outfile {output:q} > {log:q} 2>&1"
 

@@ -75,3 +75,33 @@ rule qc_map:
     shell:
         "python {input.script:q} {input.merged:q} {input.map:q} -o {params.outdir:q} "
         "> {log:q} 2>&1"
+
+
+rule qc_scale:
+    """QC figures and summary of a map's scaling (the fitted factors, CC1/2 and Friedel-pair
+    correlation before and after, each sweep against the merged map)."""
+    input:
+        script=script("plot_scale_qc"),
+        corrected=lambda wc: [
+            f"{RESULTS}/{ds}/corrected.nxs" for ds in map_datasets(wc.map)
+        ],
+        scales=rules.scale.output[0],
+        geom=lambda wc: f"{RESULTS}/{map_datasets(wc.map)[0]}/geometry.nxs",
+    output:
+        **qc_outputs("map", QC_SCALE_FIGURES, folder=f"{RESULTS}/maps/{{map}}/scaling"),
+    log:
+        "logs/qc_scale/{map}.log",
+    conda:
+        "../../envs/diffuseflow.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        outdir=lambda wc: f"{RESULTS}/maps/{wc.map}/scaling/qc",
+        scales=lambda wc, input: " ".join(
+            shlex.quote(f"{input.scales}/{ds}.nxs") for ds in map_datasets(wc.map)
+        ),
+        names=lambda wc: " ".join(map_datasets(wc.map)),
+    shell:
+        "python {input.script:q} {input.corrected:q} --scale {params.scales} "
+        "--geometry {input.geom:q} --names {params.names} -o {params.outdir:q} > {log:q} 2>&1"
