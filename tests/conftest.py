@@ -153,6 +153,7 @@ WORKFLOW_ARRAYS = [
     ("tiny/integrated.nxs", "entry/hkl_table/counts"),
     ("tiny/integrated.nxs", "entry/hkl_table/phi"),
     ("tiny/corrected.nxs", "entry/hkl_table/intensity"),
+    ("maps/tiny/scales/tiny.nxs", "entry/scaling_model/u"),
     ("maps/tiny/merged.nxs", "entry/hkl_table/intensity"),
     ("maps/tiny/merged.nxs", "entry/hkl_table/group_0_intensity"),
     ("maps/tiny/map.nxs", "entry/intensity/signal"),

@@ -54,9 +54,11 @@ def test_end_to_end_outputs(workflow_run):
         "mask_peaks",
         "bin_background",
         "import_background",
+        "scale",
+        "qc_scale",
     ):
         assert list((wd / "logs" / rule).glob("*.log")), rule
-    for rule in ("import_data", "find_peaks", "mask_peaks", "bin_background"):
+    for rule in ("import_data", "find_peaks", "mask_peaks", "bin_background", "scale"):
         assert list((wd / "benchmarks" / rule).glob("*.tsv")), rule
     with h5py.File(wd / "results/tiny/peaks.nxs") as f:
         import json
@@ -66,9 +68,10 @@ def test_end_to_end_outputs(workflow_run):
         assert f.attrs["diffuseflow_version"]
 
 
-#: what reruns after the corrected table changes, and after the merged one does
+#: what reruns after the corrected table changes, after the scales do, after the merged one does
 MERGE = ("merge", "map", "qc_map")
-CORRECT = ("correct", "scale", *MERGE)
+SCALE = ("scale", "qc_scale", *MERGE)
+CORRECT = ("correct", *SCALE)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +99,7 @@ CORRECT = ("correct", "scale", *MERGE)
         ),
         ("integrate", "subdivide", [2, 2, 2], {"integrate", *CORRECT}),
         ("correct", "p1", True, set(CORRECT)),
-        ("scale", "scaling", {"alpha": 0.5}, {"scale", *MERGE}),
+        ("scale", "scaling", {"alpha": 0.5}, set(SCALE)),
         ("merge", "seed", 1, set(MERGE)),
         ("map", "limits", [-4, 4, -4, 4, -4, 4], {"map", "qc_map"}),
     ],

@@ -362,6 +362,7 @@ class Refiner:
         self.batches: list[dict[str, Factor]] = [{} for _ in range(self.nbatch)]
         self.detector: Factor | None = None
         self._matrices: dict = {}
+        self._excluded_version = 0
         self.variance_scale = 1.0
 
     # ---- model values
@@ -414,7 +415,8 @@ class Refiner:
         use = ~self.excluded
         if self.physical:
             scaled = dataclasses.replace(scaled, variance_scale=self.variance_scale)
-            im, _, count, _ = merging.merge_expected(scaled, use)
+            # one reweighting: the joint steps refine the merged values themselves
+            im, _, count, _ = merging.merge_expected(scaled, use, iterations=1)
         else:
             im, _, count, _ = merging.merge_mdx2(scaled, use)
         return im, count
@@ -501,7 +503,20 @@ class Refiner:
                 self._matrices[key] = self.detector.matrix(self.coords)
             return self._matrices[key]
         # observations are sweep after sweep, so the sweeps' matrices stack block-diagonally
-        return sparse.block_diag([self._matrix(j, kind) for j in range(self.nbatch)], "csr")
+        key = ("all", kind)
+        if key not in self._matrices:
+            blocks = [self._matrix(j, kind) for j in range(self.nbatch)]
+            self._matrices[key] = sparse.block_diag(blocks, "csr")
+        return self._matrices[key]
+
+    def _used_matrix(self, kind) -> sparse.csr_matrix:
+        """_all_matrix's rows of the observations in use (kept until outliers change them)."""
+        key = ("used", kind, self._excluded_version)
+        if key not in self._matrices:
+            for old in [k for k in self._matrices if k[0] == "used" and k[1] == kind]:
+                del self._matrices[old]
+            self._matrices[key] = self._all_matrix(kind)[np.flatnonzero(~self.excluded)]
+        return self._matrices[key]
 
     def _factors_of(self, kind) -> list[Factor]:
         return [self.detector] if kind == "detector" else [b[kind] for b in self.batches]
@@ -525,7 +540,7 @@ class Refiner:
         m_vox = len(self.obs.voxels)
         imv = np.nan_to_num(im[ih])
         a, b, c, d = a[use], b[use], c[use], d[use]
-        A = self._all_matrix(kind)[use]
+        A = self._used_matrix(kind)
         factors = self._factors_of(kind)
         u = np.concatenate(
             [
@@ -678,6 +693,7 @@ class Refiner:
                 resid = (pred - self.obs.intensity) / self.obs.error
             out = (resid > nsigma) & ~self.excluded
         self.excluded = self.excluded | out
+        self._excluded_version += 1
         self.summary["outliers"][stage] = int(out.sum())
         self.log(f"  {stage}: rejected {int(out.sum())} outliers (> {nsigma} sigma)")
 
