@@ -843,7 +843,8 @@ def voxel_truth(sim: Simulation, geom: SweepGeometry, excluded, ndiv, frames=Non
     """The true diffuse intensity of every voxel orbit as the integrated pixels see it:
     sum(D C t g) / sum(C t g) over the valid, unmasked pixels of the voxel and all its symmetry
     mates (C = the pixel's correction product, g = a b d of a scaled simulation, else 1),
-    i.e. what a merge of noise-free, scaled counts would give. ``excluded(i)`` -> bool (ny, nx) image of frame i's unused pixels.
+    i.e. what a merge of noise-free, scaled counts would give. ``excluded(i)`` -> bool
+    (ny, nx) image of frame i's unused pixels.
 
     Returns (orbit keys (see :func:`orbit_keys`, sorted), truth, weight).
     """

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import reduce_sweep, run_script
 from qc_checks import check_png
+from scipy import sparse
 
 from diffuseflow.algorithms import maps, qc
 from diffuseflow.algorithms import scale as scaling
@@ -252,3 +253,44 @@ def test_scaling_qc_page(sweeps, tmp_path):
     assert friedel[0] > friedel[1] + 0.05, friedel
     for j in range(len(SWEEPS)):
         assert float(tab[f"sweep {j} CC with the merged map"]) > 0.85
+
+
+# -- the pieces, against independent references --------------------------------------------
+
+
+def test_interpolation_matches_numpy_and_scipy():
+    from scipy.interpolate import RegularGridInterpolator
+
+    rng = np.random.default_rng(1)
+    grid = scaling.control_points(np.array([3.2, 17.9]), dx=1.0)  # 3 .. 18
+    x = rng.uniform(3, 18, 500)
+    u = rng.normal(size=grid.size)
+    np.testing.assert_allclose(scaling.interp_matrix([x], [grid]) @ u, np.interp(x, grid, u))
+    gx, gy = np.linspace(0, 980, 20), np.linspace(0, 459, 10)
+    pts = [rng.uniform(0, 980, 400), rng.uniform(0, 459, 400)]
+    v = rng.normal(size=(20, 10))
+    ours = scaling.interp_matrix(pts, [gx, gy]) @ v.ravel(order="F")  # first axis fastest
+    np.testing.assert_allclose(ours, RegularGridInterpolator((gx, gy), v)(np.stack(pts, 1)))
+    outside = scaling.interp_matrix([np.array([2.0, 19.0])], [grid])
+    assert outside.nnz == 0  # mdx2: points off the grid get no weight
+
+
+@pytest.mark.parametrize("npar", [50, 2100])  # dense and sparse accumulation
+def test_normal_matrix_equals_the_sparse_product(npar):
+    rng = np.random.default_rng(npar)
+    n = 3000
+    cols = np.sort(rng.integers(0, npar, (n, 4)), axis=1)
+    vals = rng.uniform(size=(n, 4))
+    w = rng.uniform(0.5, 2, n)
+    A = sparse.csr_matrix((vals.ravel(), (np.repeat(np.arange(n), 4), cols.ravel())),
+                          shape=(n, npar))  # fmt: skip
+    want = (A.T @ sparse.diags(w) @ A).toarray()
+    np.testing.assert_allclose(scaling._gram(cols, vals, w, npar).toarray(), want, atol=1e-12)
+    x = rng.normal(size=n)
+    np.testing.assert_allclose(scaling._project(cols, vals, x, npar), A.T @ x, atol=1e-12)
+
+
+def test_singular_system_falls_back_to_least_squares():
+    K = sparse.csc_matrix(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    x = scaling.solve(K, np.array([2.0, 0.0]))
+    np.testing.assert_allclose(x, [2.0, 0.0], atol=1e-9)

@@ -61,6 +61,9 @@ class FactorSettings:
     alpha_z: float = 1.0  #: absorption: smoothness along phi
 
 
+#: model columns the physical merge inside the fit reads
+MODEL_USED = ("seconds", "correction", "background", "background_error")
+
 #: the factors, in the order mdx2 refines them when all are enabled
 KINDS = ("scaling", "offset", "detector", "absorption")
 
@@ -102,33 +105,40 @@ def _axis_weights(x, w, inside_only: bool):
     return b, frac, inside
 
 
-def interp_matrix(points: list[np.ndarray], axes: list[np.ndarray]) -> sparse.csr_matrix:
-    """(n points, prod grid) matrix of multilinear interpolation weights; the grid's first
-    axis varies fastest (mdx2's Fortran order). Points outside the grid get a zero row."""
+def interp_weights(points: list[np.ndarray], axes: list[np.ndarray]):
+    """Multilinear interpolation of the points on the grid, as (columns, weights), each of
+    shape (n points, 2^dims): a grid point's column counts the first axis fastest (mdx2's
+    Fortran order). Points outside the grid get weight 0."""
     n = len(points[0])
     shape = [len(w) for w in axes]
-    rows, cols, vals = [], [], []
     per_axis = [
         _axis_weights(np.asarray(x, float), w, True) for x, w in zip(points, axes, strict=True)
     ]
     inside = np.logical_and.reduce([p[2] for p in per_axis])
-    idx = np.flatnonzero(inside)
-    per_axis = [(b[idx], f[idx]) for b, f, _ in per_axis]
-    for corner in np.ndindex(*(2,) * len(axes)):
-        wgt = np.ones(len(idx))
-        col = np.zeros(len(idx), np.int64)
+    corners = list(np.ndindex(*(2,) * len(axes)))
+    cols = np.zeros((n, len(corners)), np.int64)
+    vals = np.zeros((n, len(corners)))
+    for i, corner in enumerate(corners):
+        wgt = inside.astype(float)
         stride = 1
-        for (b, f), c, size in zip(per_axis, corner, shape, strict=True):
+        for (b, f, _), c, size in zip(per_axis, corner, shape, strict=True):
             wgt = wgt * (f if c else 1.0 - f)
-            col += (b + c) * stride
+            cols[:, i] += np.minimum(b + c, size - 1) * stride
             stride *= size
-        rows.append(idx)
-        cols.append(col)
-        vals.append(wgt)
-    return sparse.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(n, int(np.prod(shape))),
+        vals[:, i] = wgt
+    return cols, vals
+
+
+def interp_matrix(points: list[np.ndarray], axes: list[np.ndarray]) -> sparse.csr_matrix:
+    """(n points, prod grid) matrix of multilinear interpolation weights (interp_weights)."""
+    cols, vals = interp_weights(points, axes)
+    n, k = cols.shape
+    rows = np.repeat(np.arange(n), k)
+    A = sparse.csr_matrix(
+        (vals.ravel(), (rows, cols.ravel())), shape=(n, int(np.prod([len(w) for w in axes])))
     )
+    A.eliminate_zeros()
+    return A
 
 
 def _flat_index(shape):
@@ -306,6 +316,27 @@ def apply_scales(obs: merging.Observations, g: np.ndarray, o: np.ndarray) -> mer
     return dataclasses.replace(obs, intensity=intensity, error=error, model=model)
 
 
+def _project(cols, vals, x, npar) -> np.ndarray:
+    """A^T x for the interpolation matrix A given as (columns, weights) per row."""
+    return np.bincount(cols.ravel(), (vals * x[:, None]).ravel(), npar)
+
+
+def _gram(cols, vals, w, npar) -> sparse.csr_matrix:
+    """A^T diag(w) A for A given as (columns, weights) per row: every pair of a row's
+    columns, summed (a dense bincount when the parameters are few)."""
+    k = cols.shape[1]
+    if npar * npar <= 4_000_000:
+        flat = np.zeros(npar * npar)
+        for i in range(k):
+            for j in range(k):
+                flat += np.bincount(cols[:, i] * npar + cols[:, j], w * vals[:, i] * vals[:, j],
+                                    npar * npar)  # fmt: skip
+        return sparse.csr_matrix(flat.reshape(npar, npar))
+    n = len(cols)
+    A = sparse.csr_matrix((vals.ravel(), cols.ravel(), np.arange(0, n * k + 1, k)), shape=(n, npar))
+    return (A.T @ sparse.diags(w) @ A).tocsr()
+
+
 def solve(K, rhs) -> np.ndarray:
     """K x = rhs by sparse LU; where K is singular (a parameter no datum and no penalty
     reaches, e.g. a sweep of one degree), the least-squares solution instead."""
@@ -391,14 +422,49 @@ class Refiner:
             self._matrices[key] = f.matrix(self._sub(self.rows[j]))
         return self._matrices[key]
 
+    def _ell(self, kind):
+        """(columns, weights) of factor ``kind`` at every observation, the columns numbering
+        the parameters of all sweeps' factors (sweep after sweep; the detector's once)."""
+        key = ("ell", kind)
+        if key not in self._matrices:
+            if kind == "detector":
+                ax = self.detector.axes
+                pts = [self.coords[a] for a in ax]
+                self._matrices[key] = interp_weights(pts, list(ax.values()))
+            else:
+                n = len(self.obs.ih)
+                cols = vals = None
+                offset = 0
+                for j, rows in enumerate(self.rows):
+                    f = self.batches[j][kind]
+                    pts = [self.coords[a][rows] for a in f.axes]
+                    c, v = interp_weights(pts, list(f.axes.values()))
+                    if cols is None:
+                        cols = np.zeros((n, c.shape[1]), np.int64)
+                        vals = np.zeros((n, c.shape[1]))
+                    cols[rows], vals[rows] = c + offset, v
+                    offset += f.u_size
+                self._matrices[key] = (cols, vals)
+        return self._matrices[key]
+
+    def _params(self, kind) -> np.ndarray:
+        """The parameters of all sweeps' factors of ``kind``, concatenated (_ell's columns)."""
+        fill = 0.0 if kind == "offset" else 1.0
+        return np.concatenate(
+            [f.u if f.u is not None else np.full(f.u_size, fill) for f in self._factors_of(kind)]
+        )
+
     def factor_values(self, kind) -> np.ndarray:
         """The factor at every observation (1, or 0 for the offset, where not modelled)."""
-        out = np.full(len(self.obs.ih), 0.0 if kind == "offset" else 1.0)
-        for j, rows in enumerate(self.rows):
-            f = self.batches[j].get(kind)
-            if f is not None and f.u is not None:
-                out[rows] = self._matrix(j, kind) @ f.u
-        return out
+        if (
+            kind == "detector"
+            and self.detector is None
+            or kind != "detector"
+            and not any(kind in b for b in self.batches)
+        ):
+            return np.full(len(self.obs.ih), 0.0 if kind == "offset" else 1.0)
+        cols, vals = self._ell(kind)
+        return np.einsum("ij,ij->i", vals, self._params(kind)[cols])
 
     def model(self):
         a, b, c, d = (
@@ -414,11 +480,41 @@ class Refiner:
             scaled = apply_scales(self.obs, a * b * d, c / b)
         use = ~self.excluded
         if self.physical:
-            scaled = dataclasses.replace(scaled, variance_scale=self.variance_scale)
-            # one reweighting: the joint steps refine the merged values themselves
-            im, _, count, _ = merging.merge_expected(scaled, use, iterations=1)
+            return self._merge_expected(a * b * d, c / b)
         else:
             im, _, count, _ = merging.merge_mdx2(scaled, use)
+        return im, count
+
+    def _used(self):
+        """Rows in use and their model columns (kept until outliers change them)."""
+        key = ("used rows", self._excluded_version)
+        if key not in self._matrices:
+            for old in [k for k in self._matrices if k[0] == "used rows"]:
+                del self._matrices[old]
+            rows = np.flatnonzero(~self.excluded)
+            md = self.obs.model
+            cols = {k: md[k][rows].astype(np.float64) for k in MODEL_USED}
+            cols["intensity"] = self.obs.intensity[rows].astype(np.float64)
+            self._matrices[key] = (rows, self.obs.ih[rows], cols)
+        return self._matrices[key]
+
+    def _merge_expected(self, g, o):
+        """merge.merge_expected with one reweighting (the joint steps refine the merged
+        values themselves), on the rows in use only: the same numbers, a third of the time."""
+        rows, ih, col = self._used()
+        m = len(self.obs.voxels)
+        t, g, o = col["seconds"], g[rows], o[rows]
+        C = col["correction"] * g
+        B = col["background"] + o * C
+        intensity = col["intensity"] / g - o
+        count = np.bincount(ih, minlength=m)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            im = np.bincount(ih, t * C * intensity, m) / np.bincount(ih, t * C, m)
+            rate = np.maximum(np.nan_to_num(im[ih]) * C + B, 1.0 / t)
+            k = self.variance_scale
+            w = 1.0 / (k * rate / (t * C**2) + k * (col["background_error"] / C) ** 2)
+            im = np.bincount(ih, w * intensity, m) / np.bincount(ih, w, m)
+        im[count == 0] = np.nan
         return im, count
 
     def sigma_raw(self, predicted):
@@ -494,30 +590,6 @@ class Refiner:
             x2.append(chi)
         return float(np.mean(x2))
 
-    def _all_matrix(self, kind) -> sparse.csr_matrix:
-        """Interpolation matrix of factor ``kind`` over all observations (rows) and the
-        parameters of every sweep (columns, sweep after sweep; the detector's once)."""
-        if kind == "detector":
-            key = "detector"
-            if key not in self._matrices:
-                self._matrices[key] = self.detector.matrix(self.coords)
-            return self._matrices[key]
-        # observations are sweep after sweep, so the sweeps' matrices stack block-diagonally
-        key = ("all", kind)
-        if key not in self._matrices:
-            blocks = [self._matrix(j, kind) for j in range(self.nbatch)]
-            self._matrices[key] = sparse.block_diag(blocks, "csr")
-        return self._matrices[key]
-
-    def _used_matrix(self, kind) -> sparse.csr_matrix:
-        """_all_matrix's rows of the observations in use (kept until outliers change them)."""
-        key = ("used", kind, self._excluded_version)
-        if key not in self._matrices:
-            for old in [k for k in self._matrices if k[0] == "used" and k[1] == kind]:
-                del self._matrices[old]
-            self._matrices[key] = self._all_matrix(kind)[np.flatnonzero(~self.excluded)]
-        return self._matrices[key]
-
     def _factors_of(self, kind) -> list[Factor]:
         return [self.detector] if kind == "detector" else [b[kind] for b in self.batches]
 
@@ -535,20 +607,16 @@ class Refiner:
         penalty settles."""
         s = self.settings[kind]
         a, b, c, d = self.model()
-        use = np.flatnonzero(~self.excluded)
-        ih = self.obs.ih[use]
+        use, ih, _ = self._used()
         m_vox = len(self.obs.voxels)
         imv = np.nan_to_num(im[ih])
         a, b, c, d = a[use], b[use], c[use], d[use]
-        A = self._used_matrix(kind)
+        cols, vals = self._ell(kind)
+        cols, vals = cols[use], vals[use]
         factors = self._factors_of(kind)
-        u = np.concatenate(
-            [
-                f.u if f.u is not None else np.full(f.u_size, 0.0 if kind == "offset" else 1.0)
-                for f in factors
-            ]
-        )
-        fval = A @ u
+        u = self._params(kind)
+        npar = len(u)
+        fval = np.einsum("ij,ij->i", vals, u[cols])
         # prediction = fval * (m Im + p) + q, or for the offset m Im + n fval
         if kind == "offset":
             m, n = a * b * d, a * d
@@ -562,18 +630,22 @@ class Refiner:
             }[kind]
             pred = fval * (m * imv + p) + q
             Fu, Gm = m * imv + p, fval * m
-        I = self.obs.intensity[use].astype(np.float64)  # noqa: E741
-        w = 1.0 / self.sigma_raw_at(use, pred) ** 2
+        I = self._used()[2]["intensity"]  # noqa: E741
+        w = 1.0 / self.variance_used(pred)
         r = I - pred
-        JuWJu = (A.T @ sparse.diags(w * Fu * Fu) @ A).tocsr()
-        Et = sparse.csr_matrix((w * Fu * Gm, (ih, np.arange(len(use)))), shape=(m_vox, len(use)))
-        X = (Et @ A).tocsr()
+        JuWJu = _gram(cols, vals, w * Fu * Fu, npar)
+        # X: (voxel, parameter) couplings, sum over a voxel's observations of w Fu Gm A_i
+        k = cols.shape[1]
+        X = sparse.csr_matrix(
+            ((vals * (w * Fu * Gm)[:, None]).ravel(), (np.repeat(ih, k), cols.ravel())),
+            shape=(m_vox, npar),
+        )
         Dv = np.bincount(ih, weights=w * Gm * Gm, minlength=m_vox)
         inv = np.where(Dv > 0, 1.0 / np.where(Dv > 0, Dv, 1.0), 0.0)
         JmWr = np.bincount(ih, weights=w * Gm * r, minlength=m_vox)
         trace = JuWJu.diagonal().sum()
         S = JuWJu - (X.T @ sparse.diags(inv) @ X)
-        rhs = A.T @ (w * Fu * r) - X.T @ (inv * JmWr)
+        rhs = _project(cols, vals, w * Fu * r, npar) - X.T @ (inv * JmWr)
         for mult, B in self._joint_penalties(kind, factors, s):
             BB = (B.T @ B).tocsr()
             if mult == "min":  # offset: mdx2's pull towards zero, max(diag AA) times identity
@@ -584,12 +656,11 @@ class Refiner:
                 alpha = mult * trace / BB.diagonal().sum()
             S = S + alpha * BB
             rhs = rhs - alpha * (BB @ u)
-        npar = len(u)
         S = S + sparse.eye(npar) * (1e-12 * trace / npar)  # parameters no datum or penalty reaches
         if kind == "offset":
             K, rhs_k = S.tocsc(), rhs
         else:  # hold the factor's mean over the observations: the overall level is free
-            cvec = np.asarray(A.sum(axis=0)).ravel() / len(use)
+            cvec = _project(cols, vals, np.ones(len(use)), npar) / len(use)
             K = sparse.bmat(
                 [[S, sparse.csr_matrix(cvec[:, None])], [sparse.csr_matrix(cvec[None, :]), None]]
             ).tocsc()
@@ -615,14 +686,14 @@ class Refiner:
             out.append(("min", sparse.eye(sum(f.u_size for f in factors), format="csr")))
         return out
 
-    def sigma_raw_at(self, rows, predicted):
-        """sigma_raw of the observations ``rows`` (physical: from the expected counts)."""
-        md = self.obs.model
-        t, C = md["seconds"][rows], md["correction"][rows]
-        B, eB = md["background"][rows], md["background_error"][rows]
-        rate = np.maximum(predicted * C + B, 1.0 / t)
+    def variance_used(self, predicted):
+        """Variance of the observations in use (physical: from the counts expected from
+        ``predicted``, the corrected intensity the model gives them)."""
+        _, _, col = self._used()
+        t, C = col["seconds"], col["correction"]
+        rate = np.maximum(predicted * C + col["background"], 1.0 / t)
         k = self.variance_scale
-        return np.sqrt(k * rate / (t * C**2) + k * (eB / C) ** 2)
+        return k * rate / (t * C**2) + k * (col["background_error"] / C) ** 2
 
     def refine(self, kinds: tuple[str, ...], stage: str, rule: str):
         """Iterate fits of ``kinds`` (mdx2: one factor, or c then b together) until x2 stops

@@ -244,7 +244,13 @@ def simulation_args(sim):
             args.append(f"{flag} {s[key]}")
     if s.get("compress"):
         args.append(f"--compress {s['compress']}")
-    for key in ("overall_scale", "drift", "detector_response", "absorption", "crystal_rotation"):
+    for key in (
+        "overall_scale",
+        "drift",
+        "detector_response",
+        "absorption",
+        "crystal_rotation",
+    ):
         if key in s:
             value = s[key]
             value = " ".join(map(str, value)) if isinstance(value, list) else value
