@@ -52,6 +52,8 @@ def expected_requests(results) -> dict:
         "qc_background": (1, 2000, 10),
         "integrate": sized("integrate", crystal),
         "correct": (1, 4000, 30),
+        "scale": (1, 6000, 60),
+        "qc_scale": (1, 4000, 15),
         "merge": (1, 4000, 30),
         "map": (1, 6000, 30),
         "qc_map": (1, 4000, 15),
