@@ -344,6 +344,17 @@ def _not_fitted(ax, what):
     ax.set_yticks([])
 
 
+def _panel_map(fig, ax, axes, values, label, title):
+    """A factor over the detector (values[ix, iy]) as an image in detector orientation."""
+    ix, iy = axes["ix"], axes["iy"]
+    im = ax.imshow(values.T, origin="upper", extent=[ix[0], ix[-1], iy[-1], iy[0]],
+                   cmap="RdBu_r", aspect="equal")  # fmt: skip
+    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    ax.set_xlabel("x (pixels, fast)")
+    ax.set_ylabel("y (pixels, slow)")
+    ax.set_title(title)
+
+
 def scale_factors(factors: list[dict], names: list[str], path):
     """The fitted factors: b(phi) of every sweep, d(x, y), c(s) (mean over phi) of every
     sweep, and a(x, y) of the first sweep at its middle phi. ``factors``: per sweep,
@@ -366,13 +377,7 @@ def scale_factors(factors: list[dict], names: list[str], path):
     ax = axs[0, 1]
     if "detector" in factors[0]:
         axes, u = factors[0]["detector"]
-        ix, iy = axes["ix"], axes["iy"]
-        im = ax.imshow(u.T, origin="upper", extent=[ix[0], ix[-1], iy[-1], iy[0]],
-                       cmap="RdBu_r", aspect="equal")  # fmt: skip
-        fig.colorbar(im, ax=ax, shrink=0.8, label="d")
-        ax.set_xlabel("x (pixels, fast)")
-        ax.set_ylabel("y (pixels, slow)")
-        ax.set_title("detector response d(x, y), all sweeps")
+        _panel_map(fig, ax, axes, u, "d", "detector response d(x, y), all sweeps")
     else:
         _not_fitted(ax, "d(x, y)")
     ax = axs[1, 0]
@@ -391,13 +396,8 @@ def scale_factors(factors: list[dict], names: list[str], path):
     if "absorption" in factors[0]:
         axes, u = factors[0]["absorption"]
         mid = u.shape[2] // 2
-        ix, iy = axes["ix"], axes["iy"]
-        im = ax.imshow(u[:, :, mid].T, origin="upper", extent=[ix[0], ix[-1], iy[-1], iy[0]],
-                       cmap="RdBu_r", aspect="equal")  # fmt: skip
-        fig.colorbar(im, ax=ax, shrink=0.8, label="a")
-        ax.set_title(f"absorption a(x, y) of {names[0]} at phi {axes['phi'][mid]:g}")
-        ax.set_xlabel("x (pixels, fast)")
-        ax.set_ylabel("y (pixels, slow)")
+        title = f"absorption a(x, y) of {names[0]} at phi {axes['phi'][mid]:g}"
+        _panel_map(fig, ax, axes, u[:, :, mid], "a", title)
     else:
         _not_fitted(ax, "a(x, y, phi)")
     _save(fig, path)

@@ -153,6 +153,8 @@ CASES = [
     ("scale-same-table-twice", lambda a, b, t: ("scale", a / "corrected.nxs", a / "corrected.nxs", "--outfile", t / "x.nxs", t / "y.nxs"), ["given twice"]),
     ("merge-scale-count", lambda a, b, t: ("merge", a / "corrected.nxs", "--scale", a / "scales.nxs", a / "scales.nxs"), ["--scale names 2 files for 1 corrected tables"]),
     ("merge-scale-not-scales", lambda a, b, t: ("merge", a / "corrected.nxs", "--scale", a / "corrected.nxs"), ["corrected.nxs", "no scaling model"]),
+    ("scale-qc-count", lambda a, b, t: ("plot_scale_qc", a / "corrected.nxs", "--scale", a / "scales.nxs", a / "scales.nxs", "-o", t / "qc"), ["--scale names 2 files for 1 corrected tables"]),
+    ("scale-qc-not-scales", lambda a, b, t: ("plot_scale_qc", a / "corrected.nxs", "--scale", a / "corrected.nxs", "-o", t / "qc"), ["corrected.nxs", "no scaling model"]),
     ("merge-not-corrected", lambda a, b, t: ("merge", a / "integrated.nxs"), ["integrated.nxs", "no 'intensity' column"]),
     ("merge-friedel-no-geometry", lambda a, b, t: ("merge", a / "corrected.nxs", "--split", "Friedel"), ["--split Friedel needs --geometry"]),
     ("merge-other-crystal-form", lambda a, b, t: ("merge", a / "corrected.nxs", b / "corrected.nxs"), ["sweep_b", "Laue group mmm", "Laue group m-3", "cannot merge"]),

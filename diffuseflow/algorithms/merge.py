@@ -97,14 +97,19 @@ def merge_mdx2(obs: Observations, use: np.ndarray):
     return intensity, sigma, count, use
 
 
+def expected_variance(intensity, t, C, B, eB, k=1.0):
+    """(Poisson part, background part) of the variance of corrected observations whose true
+    intensity is ``intensity``: from the counts expected, t (C I + B), not those observed;
+    k scales the counting variance (see variance_scale)."""
+    expected_rate = np.maximum(intensity * C + B, 1.0 / t)  # at least 1 count expected
+    return k * expected_rate / (t * C**2), k * (eB / C) ** 2
+
+
 def observation_variance(obs: Observations, merged_i: np.ndarray):
-    """(Poisson part, background part) of each observation's variance given the voxel's
-    intensity: the counts expected, not those observed."""
+    """expected_variance of each observation given its voxel's merged intensity."""
     md = obs.model
     t, C, B, eB = md["seconds"], md["correction"], md["background"], md["background_error"]
-    expected_rate = np.maximum(merged_i[obs.ih] * C + B, 1.0 / t)  # at least 1 count expected
-    k = obs.variance_scale
-    return k * expected_rate / (t * C**2), k * (eB / C) ** 2
+    return expected_variance(merged_i[obs.ih], t, C, B, eB, obs.variance_scale)
 
 
 def merge_expected(obs: Observations, use: np.ndarray, iterations: int = 3):

@@ -61,9 +61,6 @@ class FactorSettings:
     alpha_z: float = 1.0  #: absorption: smoothness along phi
 
 
-#: model columns the physical merge inside the fit reads
-MODEL_USED = ("seconds", "correction", "background", "background_error")
-
 #: the factors, in the order mdx2 refines them when all are enabled
 KINDS = ("scaling", "offset", "detector", "absorption")
 
@@ -493,7 +490,7 @@ class Refiner:
                 del self._matrices[old]
             rows = np.flatnonzero(~self.excluded)
             md = self.obs.model
-            cols = {k: md[k][rows].astype(np.float64) for k in MODEL_USED}
+            cols = {k: md[k][rows].astype(np.float64) for k in merging.MODEL_COLUMNS}
             cols["intensity"] = self.obs.intensity[rows].astype(np.float64)
             self._matrices[key] = (rows, self.obs.ih[rows], cols)
         return self._matrices[key]
@@ -510,9 +507,10 @@ class Refiner:
         count = np.bincount(ih, minlength=m)
         with np.errstate(invalid="ignore", divide="ignore"):
             im = np.bincount(ih, t * C * intensity, m) / np.bincount(ih, t * C, m)
-            rate = np.maximum(np.nan_to_num(im[ih]) * C + B, 1.0 / t)
-            k = self.variance_scale
-            w = 1.0 / (k * rate / (t * C**2) + k * (col["background_error"] / C) ** 2)
+            poisson, bkg = merging.expected_variance(
+                np.nan_to_num(im[ih]), t, C, B, col["background_error"], self.variance_scale
+            )
+            w = 1.0 / (poisson + bkg)
             im = np.bincount(ih, w * intensity, m) / np.bincount(ih, w, m)
         im[count == 0] = np.nan
         return im, count
@@ -523,10 +521,8 @@ class Refiner:
         if not self.physical:
             return self.obs.error.astype(np.float64)
         md = self.obs.model
-        t, C, B, eB = md["seconds"], md["correction"], md["background"], md["background_error"]
-        rate = np.maximum(predicted * C + B, 1.0 / t)
-        k = self.variance_scale
-        return np.sqrt(k * rate / (t * C**2) + k * (eB / C) ** 2)
+        cols = (md[c] for c in merging.MODEL_COLUMNS)
+        return np.sqrt(sum(merging.expected_variance(predicted, *cols, self.variance_scale)))
 
     # ---- one factor's linear problem
 
@@ -690,10 +686,8 @@ class Refiner:
         """Variance of the observations in use (physical: from the counts expected from
         ``predicted``, the corrected intensity the model gives them)."""
         _, _, col = self._used()
-        t, C = col["seconds"], col["correction"]
-        rate = np.maximum(predicted * C + col["background"], 1.0 / t)
-        k = self.variance_scale
-        return k * rate / (t * C**2) + k * (col["background_error"] / C) ** 2
+        cols = (col[c] for c in merging.MODEL_COLUMNS)
+        return sum(merging.expected_variance(predicted, *cols, self.variance_scale))
 
     def refine(self, kinds: tuple[str, ...], stage: str, rule: str):
         """Iterate fits of ``kinds`` (mdx2: one factor, or c then b together) until x2 stops
